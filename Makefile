@@ -1,0 +1,41 @@
+# `make run`: set up from a bare machine, train the default recipe on Fashion-MNIST, print accuracy.
+# `make test`: set up from a bare machine and run the tests.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+NIN    := $(VENV)/bin/nin
+FASHION_MNIST_SYSTEM_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup data run test bench clean
+
+setup: $(VENV)/.installed
+
+# torch/torchvision pins in constraints.txt install from this project's machines' local disk.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+# Fashion-MNIST: Debian's package when apt can install it, torchvision's download otherwise.
+data: setup
+	@if [ -f $(FASHION_MNIST_SYSTEM_DIR)/train-images-idx3-ubyte.gz ]; then \
+		echo "Fashion-MNIST: $(FASHION_MNIST_SYSTEM_DIR)"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		(apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)); then \
+		echo "Fashion-MNIST: installed $(FASHION_MNIST_SYSTEM_DIR)"; \
+	else \
+		$(NIN) data fashion-mnist --root data --download; \
+	fi
+
+run: data
+	@root=$$([ -d $(FASHION_MNIST_SYSTEM_DIR) ] || echo data); \
+	$(NIN) train --recipe fashion-mnist $${root:+--root $$root}
+
+test: data
+	$(PY) -m pytest
+
+bench: data
+	$(PY) benchmarks/fashion_mnist.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

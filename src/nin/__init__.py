@@ -1,0 +1,7 @@
+"""Network In Network (Lin, Chen & Yan, ICLR 2014): models, data, training, evaluation."""
+__version__ = "0.1.0"
+
+from .errors import NinError
+from .models import NIN, count_parameters, create_model, list_models
+
+__all__ = ["NIN", "NinError", "count_parameters", "create_model", "list_models", "__version__"]

@@ -1,0 +1,87 @@
+"""Checkpoints: one format, written atomically, read with ``weights_only=True``.
+
+A checkpoint holds everything evaluation and prediction need (model name and arguments, weights,
+class names, input size, channels and normalisation) and everything an exact resume needs
+(optimizer, step, epoch, RNG states, the resolved config).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import NinError
+
+FORMAT = "nin-checkpoint"
+VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """Write to a temporary file in the same folder, flush it to disk, then rename over ``path``:
+    a crash at any moment leaves either the old file or the new one, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(obj, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A run folder or a checkpoint file -> the checkpoint file."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise NinError(f"no checkpoint at {path}: expected a run folder holding {CHECKPOINT_NAME} or a .pt file")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    path = resolve_checkpoint(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises many types for a file that is not a checkpoint
+        raise NinError(f"{path} is not a readable checkpoint ({type(error).__name__}); "
+                       "expected a file written by `nin train`") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise NinError(f"{path} is not a nin checkpoint: expected a file written by `nin train`")
+    if state.get("version", 0) > VERSION:
+        raise NinError(f"{path} was written by a newer nin (format {state['version']}); upgrade nin")
+    return state
+
+
+def capture_rng() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,140 @@
+"""The ``nin`` command: train, eval, predict, data, models, recipes.
+
+Every user error is a ``NinError``: printed as one line ``nin: error: ...`` with exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__
+from .config import add_arguments, list_recipes, load_recipe, overrides_from_args, from_dict
+from .errors import NinError
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nin", description="Network In Network: train, evaluate, predict.")
+    parser.add_argument("--version", action="version", version=f"nin {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a recipe; every recipe field is a flag")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR where it stopped")
+    add_arguments(train)
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="test accuracy, error and per-class accuracy of a run")
+    evaluate.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT")
+    evaluate.add_argument("--dataset", help="default: the data set the run was trained on")
+    evaluate.add_argument("--root", help="where the data set lies")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(handler=cmd_eval)
+
+    predict = commands.add_parser("predict", help="top-k classes for image files")
+    predict.add_argument("checkpoint", metavar="CHECKPOINT")
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("--topk", type=int, default=5)
+    predict.add_argument("--device", default="auto")
+    predict.add_argument("--json", action="store_true")
+    predict.set_defaults(handler=cmd_predict)
+
+    data = commands.add_parser("data", help="check (or download) a data set and print its size")
+    data.add_argument("dataset")
+    data.add_argument("--root")
+    data.add_argument("--download", action="store_true", help="fetch it with torchvision (checksummed)")
+    data.set_defaults(handler=cmd_data)
+
+    models = commands.add_parser("models", help="list the model variants")
+    models.set_defaults(handler=cmd_models)
+    recipes = commands.add_parser("recipes", help="list the shipped recipes")
+    recipes.set_defaults(handler=cmd_recipes)
+    return parser
+
+
+def cmd_train(args) -> int:
+    from .train import fit, resume_config
+
+    overrides = overrides_from_args(args)
+    if args.resume:
+        config = resume_config(args.resume, overrides)
+    else:
+        base = load_recipe(args.recipe) if args.recipe else None
+        config = from_dict({k: v for k, v in overrides.items() if k != "recipe"}, base=base,
+                           source="command line")
+    fit(config, resume=args.resume)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .inference import evaluate_trained, load_trained
+    from .evaluate import format_report
+    from .train import resolve_device
+
+    trained = load_trained(args.checkpoint, resolve_device(args.device))
+    metrics = evaluate_trained(trained, args.dataset, args.root, args.split)
+    if args.json:
+        print(json.dumps({k: v for k, v in metrics.items() if k != "confusion"}))
+    else:
+        print(format_report(metrics))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .inference import load_trained, predict_files
+    from .train import resolve_device
+
+    if args.topk < 1:
+        raise NinError(f"--topk must be 1 or more, got {args.topk}")
+    trained = load_trained(args.checkpoint, resolve_device(args.device))
+    results = predict_files(trained, args.images, args.topk)
+    if args.json:
+        print(json.dumps(results))
+        return 0
+    for result in results:
+        ranked = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in result["top"])
+        print(f"{result['image']}: {ranked}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .data import dataset_info, load_dataset
+
+    info = dataset_info(args.dataset)
+    for split in info.splits:
+        part = load_dataset(args.dataset, args.root, split, download=args.download)
+        print(f"{info.title} {split}: {len(part.labels)} images {tuple(part.images.shape[1:])}, "
+              f"{len(part.classes)} classes")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models import count_parameters, create_model, list_models
+
+    for name in list_models():
+        print(f"{name:18s} {count_parameters(create_model(name)):>12,d} parameters")
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    for name in list_recipes():
+        recipe = load_recipe(name)
+        print(f"{name:24s} {recipe.model:16s} {recipe.dataset:14s} {recipe.epochs:4d} epochs  {recipe.description}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except NinError as error:
+        print(f"nin: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nin: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

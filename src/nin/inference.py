@@ -1,0 +1,70 @@
+"""A trained model back from its checkpoint, ready to evaluate and predict with what training applied."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_checkpoint
+from .data import DeviceLoader, Normalize, load_dataset, load_image
+from .errors import NinError
+from .evaluate import evaluate
+from .models import NIN, create_model
+
+
+@dataclass
+class Trained:
+    model: NIN
+    classes: list[str]
+    normalize: Normalize
+    size: int
+    channels: int
+    dataset: str
+    config: dict
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Trained:
+    state = load_checkpoint(path)
+    try:
+        model = create_model(state["model_name"], **state["model_kwargs"])
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as error:
+        raise NinError(f"{path}: the weights do not fit model {state.get('model_name')!r} "
+                       f"({str(error).splitlines()[0]})") from None
+    model.to(device).eval()
+    norm = state["normalization"]
+    return Trained(model, list(state["classes"]), Normalize(norm["mean"], norm["std"]), state["input"]["size"],
+                   state["input"]["channels"], state["input"]["dataset"], state["config"])
+
+
+def evaluate_trained(trained: Trained, dataset: str | None = None, root: str | None = None,
+                     split: str = "test", batch_size: int = 1024) -> dict:
+    """Accuracy of a trained model on a split (by default the test split of the data it was trained on)."""
+    name = dataset or trained.dataset
+    if root is None and dataset is None:  # the training data, where training found it
+        root = trained.config.get("root") or None
+    data = load_dataset(name, root, split, image_size=trained.size, channels=trained.channels)
+    if len(data.classes) != len(trained.classes):
+        raise NinError(f"the model predicts {len(trained.classes)} classes but {name} has {len(data.classes)}")
+    if data.images.shape[1:] != (trained.channels, trained.size, trained.size):
+        raise NinError(f"{name} images are {tuple(data.images.shape[1:])}; the model was trained on "
+                       f"{(trained.channels, trained.size, trained.size)}")
+    loader = DeviceLoader(data.images, data.labels, trained.normalize, batch_size=batch_size, device=trained.device)
+    return evaluate(trained.model, loader, trained.classes)
+
+
+@torch.inference_mode()
+def predict_files(trained: Trained, paths: list[str], topk: int = 5) -> list[dict]:
+    """Top-k (class, probability) for each image file, converted to the model's size and channels."""
+    images = torch.stack([load_image(p, trained.size, trained.channels) for p in paths]).to(trained.device)
+    probabilities = trained.model(trained.normalize(images)).softmax(dim=1)
+    k = min(topk, len(trained.classes))
+    values, indices = probabilities.topk(k, dim=1)
+    return [{"image": str(path), "top": [{"class": trained.classes[i], "probability": float(v)}
+                                         for v, i in zip(vals.tolist(), idxs.tolist())]}
+            for path, vals, idxs in zip(paths, values, indices)]

@@ -1,0 +1,271 @@
+"""Network In Network (Lin, Chen & Yan, ICLR 2014): the mlpconv block, the network, named variants.
+
+A variant is an architecture (``Arch``: the mlpconv stages with their widths) plus defaults
+(input size, channels, classes). ``nin_cifar10()`` with default arguments is the seed's network
+layer for layer, with the same parameter names (``features1.0.weight`` ...), so its weights load.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import NinError
+
+POOLS = ("max", "avg", "none")
+HEADS = ("gap", "fc", "fc_dropout")
+INITS = ("kaiming", "gaussian", "torch")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One mlpconv layer: a k x k convolution then 1x1 convolutions, each followed by ReLU."""
+
+    kernel: int
+    widths: tuple[int, ...]  # widths[0]: the k x k conv; the rest: the 1x1 ("cccp") layers
+    stride: int = 1
+    padding: int | None = None  # None: kernel // 2 ("same" for stride 1)
+    pool: str = "max"  # pooling after this stage: max | avg | none
+    dropout: bool = True  # dropout after this stage (and its pooling)
+
+
+@dataclass(frozen=True)
+class Arch:
+    stages: tuple[Stage, ...]
+    input_size: int  # the size the variant was designed for (square)
+    in_channels: int
+    num_classes: int
+    pool_padding: int = 1  # 3x3/2 pooling; the seed pads by 1, Caffe's ImageNet model uses ceil mode
+    pool_ceil: bool = False
+    mean: tuple[float, ...] = ()  # default input normalisation, when known
+    std: tuple[float, ...] = ()
+
+
+def _stages(*specs, pools=("max", "max", "none"), dropouts=(True, True, False)):
+    return tuple(
+        Stage(kernel=k, widths=tuple(w), pool=p, dropout=d)
+        for (k, w), p, d in zip(specs, pools, dropouts)
+    )
+
+
+ARCHS: dict[str, Arch] = {
+    # widths from the authors' cuda-convnet configs (NIN-FACTS.md); the last width is num_classes
+    "nin_cifar10": Arch(_stages((5, (192, 160, 96)), (5, (192, 192, 192)), (3, (192, 192, 10))),
+                        input_size=32, in_channels=3, num_classes=10),
+    "nin_cifar100": Arch(_stages((5, (192, 160, 96)), (5, (192, 192, 192)), (3, (192, 192, 100))),
+                         input_size=32, in_channels=3, num_classes=100),
+    "nin_svhn": Arch(_stages((5, (128, 96, 64)), (5, (320, 256, 128)), (3, (384, 256, 10))),
+                     input_size=32, in_channels=3, num_classes=10),
+    "nin_mnist": Arch(_stages((5, (96, 64, 48)), (5, (128, 96, 48)), (5, (128, 96, 10))),
+                      input_size=28, in_channels=1, num_classes=10),
+    "nin_imagenet": Arch(
+        (Stage(11, (96, 96, 96), stride=4, padding=0, pool="max", dropout=False),
+         Stage(5, (256, 256, 256), pool="max", dropout=False),
+         Stage(3, (384, 384, 384), pool="max", dropout=True),  # Caffe: dropout before the last stage
+         Stage(3, (1024, 1024, 1000), pool="none", dropout=False)),
+        input_size=224, in_channels=3, num_classes=1000, pool_padding=0, pool_ceil=True,
+        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+}
+
+
+class NIN(nn.Module):
+    """Stacked mlpconv layers, then a head: global average pooling (the paper) or fully connected.
+
+    Shapes for nin_cifar10: (N,3,32,32) -> features1 (N,96,16,16) -> features2 (N,192,8,8)
+    -> features3 (N,10,8,8) category confidence maps -> GAP (N,10) logits.
+    """
+
+    def __init__(self, arch: Arch, *, num_classes: int | None = None, in_channels: int | None = None,
+                 dropout: float = 0.5, pools: tuple[str, ...] | None = None, head: str = "gap",
+                 relu_before_gap: bool = True, batch_norm: bool = False, init: str = "kaiming",
+                 fc_width: int | None = None, input_size: int | None = None):
+        super().__init__()
+        _check_choice("head", head, HEADS)
+        _check_choice("init", init, INITS)
+        self.num_classes = num_classes or arch.num_classes
+        stages = _resolve_stages(arch, self.num_classes, pools, head, fc_width)
+        channels = in_channels or arch.in_channels
+        pool_args = dict(kernel_size=3, stride=2, padding=arch.pool_padding, ceil_mode=arch.pool_ceil)
+        for index, stage in enumerate(stages, start=1):
+            is_last = index == len(stages)
+            final_relu = relu_before_gap or head != "gap" or not is_last
+            layers = _mlpconv_layers(stage, channels, batch_norm, final_relu)
+            if stage.pool != "none":
+                pool_cls = nn.MaxPool2d if stage.pool == "max" else nn.AvgPool2d
+                layers.append(pool_cls(**pool_args))
+            if stage.dropout and dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            self.add_module(f"features{index}", nn.Sequential(*layers))
+            channels = stage.widths[-1]
+        self.num_stages = len(stages)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        if head != "gap":  # the paper's Table 5 alternatives: flatten the maps into a linear layer
+            size = _feature_size(input_size or arch.input_size, stages, arch)
+            fc = [nn.Flatten(), nn.Linear(channels * size * size, self.num_classes)]
+            self.fc = nn.Sequential(nn.Dropout(dropout), *fc) if head == "fc_dropout" else nn.Sequential(*fc)
+        self.head = head
+        _initialise(self, init)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last mlpconv layer's maps: with the GAP head, one category confidence map per class."""
+        for index in range(1, self.num_stages + 1):
+            x = getattr(self, f"features{index}")(x)
+        return x
+
+    def forward_head(self, maps: torch.Tensor) -> torch.Tensor:
+        if self.head == "gap":
+            return self.gap(maps).flatten(1)
+        return self.fc(maps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _check_choice(what: str, value, choices) -> None:
+    if value not in choices:
+        raise NinError(f"unknown {what} {value!r}: expected one of {', '.join(choices)}")
+
+
+def _resolve_stages(arch: Arch, num_classes: int, pools, head: str, fc_width) -> list[Stage]:
+    stages = list(arch.stages)
+    if pools is not None:
+        if len(pools) != len(stages) - 1:
+            raise NinError(f"pools needs {len(stages) - 1} entries (one per stage but the last), got {len(pools)}")
+        for pool in pools:
+            _check_choice("pooling", pool, POOLS)
+        stages = [replace(s, pool=p) for s, p in zip(stages, pools)] + stages[-1:]
+    last = stages[-1]
+    # With GAP the last layer emits one map per class; with an FC head it emits features instead.
+    last_width = num_classes if head == "gap" else (fc_width or last.widths[-2])
+    stages[-1] = replace(last, widths=last.widths[:-1] + (last_width,))
+    return stages
+
+
+def _mlpconv_layers(stage: Stage, in_channels: int, batch_norm: bool, final_relu: bool) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    padding = stage.kernel // 2 if stage.padding is None else stage.padding
+    for position, width in enumerate(stage.widths):
+        kernel = stage.kernel if position == 0 else 1
+        conv = nn.Conv2d(in_channels, width, kernel, stride=stage.stride if position == 0 else 1,
+                         padding=padding if position == 0 else 0, bias=not batch_norm)
+        layers.append(conv)
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(width))
+        if position < len(stage.widths) - 1 or final_relu:
+            layers.append(nn.ReLU(inplace=True))
+        in_channels = width
+    return layers
+
+
+def _feature_size(size: int, stages: list[Stage], arch: Arch) -> int:
+    for stage in stages:
+        padding = stage.kernel // 2 if stage.padding is None else stage.padding
+        size = (size + 2 * padding - stage.kernel) // stage.stride + 1
+        if stage.pool != "none":
+            span = size + 2 * arch.pool_padding - 3
+            size = (math.ceil(span / 2) if arch.pool_ceil else span // 2) + 1
+    return size
+
+
+def _initialise(model: NIN, init: str) -> None:
+    """kaiming: He-normal (fan-out) weights, zero biases; the class-map layer gets a small std and a
+    small positive bias so that its ReLU starts alive (dead maps before GAP = loss stuck at ln C).
+    gaussian: the authors' N(0, 0.05) weights, zero biases. torch: PyTorch's defaults (the seed)."""
+    if init == "torch":
+        return
+    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for module in convs:
+        if init == "gaussian":
+            nn.init.normal_(module.weight, std=0.05)
+        else:
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    if init == "kaiming":
+        last = convs[-1]
+        nn.init.normal_(last.weight, std=0.01)
+        if last.bias is not None:
+            nn.init.constant_(last.bias, 0.1 if model.head == "gap" else 0.0)
+
+
+# --- registry -------------------------------------------------------------------------------
+
+_REGISTRY: dict[str, Callable[..., NIN]] = {}
+
+
+@dataclass(frozen=True)
+class VariantInfo:
+    name: str
+    arch: str
+    defaults: dict = field(default_factory=dict)
+
+
+VARIANTS: dict[str, VariantInfo] = {}
+
+
+def _register(name: str, arch: str, **defaults) -> None:
+    VARIANTS[name] = VariantInfo(name, arch, defaults)
+
+    def builder(**kwargs) -> NIN:
+        return NIN(ARCHS[arch], **{**defaults, **kwargs})
+
+    builder.__name__ = name
+    builder.__doc__ = f"NIN variant {name!r} ({arch} widths{', ' + str(defaults) if defaults else ''})."
+    _REGISTRY[name] = builder
+
+
+for _arch in ARCHS:
+    _register(_arch, _arch)
+    _register(f"{_arch}_bn", _arch, batch_norm=True)  # BatchNorm after every conv: a named variant
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def default_cfg(name: str) -> Arch:
+    """The variant's design defaults: input size, channels, classes, normalisation."""
+    return ARCHS[_variant(name).arch]
+
+
+def _variant(name: str) -> VariantInfo:
+    if name not in VARIANTS:
+        raise NinError(f"unknown model {name!r}: expected one of {', '.join(list_models())}")
+    return VARIANTS[name]
+
+
+def create_model(name: str, **kwargs) -> NIN:
+    """Build a named variant; keyword arguments override its defaults (see ``NIN``)."""
+    _variant(name)
+    try:
+        return _REGISTRY[name](**kwargs)
+    except TypeError as error:
+        raise NinError(f"bad argument for model {name!r}: {error}") from None
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# keyword-only public builders, torchvision style: nin_cifar10(*, num_classes=10, ...)
+def nin_cifar10(**kwargs) -> NIN:
+    return create_model("nin_cifar10", **kwargs)
+
+
+def nin_cifar100(**kwargs) -> NIN:
+    return create_model("nin_cifar100", **kwargs)
+
+
+def nin_svhn(**kwargs) -> NIN:
+    return create_model("nin_svhn", **kwargs)
+
+
+def nin_mnist(**kwargs) -> NIN:
+    return create_model("nin_mnist", **kwargs)
+
+
+def nin_imagenet(**kwargs) -> NIN:
+    return create_model("nin_imagenet", **kwargs)

@@ -1,0 +1,101 @@
+"""The `nin` command as a user meets it: train, eval, predict, and one-line errors with exit code 2."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nin.cli import main
+from nin.data import load_dataset
+
+TINY_TRAIN = ["--train-subset", "512", "--test-subset", "500", "--epochs", "1", "--batch-size", "64",
+              "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, fashion_mnist_root):
+    run = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--recipe", "fashion-mnist", *TINY_TRAIN, "--out", str(run)]) == 0
+    return run
+
+
+def test_train_prints_accuracy_and_run_folder(trained_run, capsys):
+    assert (trained_run / "checkpoint.pt").is_file() and (trained_run / "metrics.csv").is_file()
+
+
+def test_eval_json_reports_accuracy_error_count_and_per_class(trained_run, capsys):
+    assert main(["eval", str(trained_run), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert 0.0 <= report["accuracy"] <= 1.0
+    assert report["error"] == pytest.approx(1 - report["accuracy"])
+    assert report["n"] == 10_000  # the whole test split, not the training run's subset
+    assert set(report["per_class"]) == {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                                        "Shirt", "Sneaker", "Bag", "Ankle boot"}
+
+
+def test_eval_accepts_the_checkpoint_file_too(trained_run, capsys):
+    assert main(["eval", str(trained_run / "checkpoint.pt")]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_predict_converts_any_image_to_the_models_input(trained_run, tmp_path, capsys):
+    test = load_dataset("fashion-mnist", None, "test")
+    grey = tmp_path / "trouser.png"
+    Image.fromarray(test.images[2, 0].numpy()).save(grey)  # test image 2 is a trouser
+    big_rgba = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 45, 4), dtype=np.uint8), "RGBA").save(big_rgba)
+    assert main(["predict", str(trained_run), str(grey), str(big_rgba), "--topk", "3", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [len(r["top"]) for r in results] == [3, 3]
+    probabilities = [t["probability"] for t in results[0]["top"]]
+    assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1.0001
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--model", "nin_cifar11", *TINY_TRAIN], "unknown model 'nin_cifar11'"),
+    (["train", "--dataset", "imagenet21k", *TINY_TRAIN], "unknown data set 'imagenet21k'"),
+    (["train", "--dataset", "cifar10", "--root", "/nonexistent", *TINY_TRAIN], "CIFAR-10 not found"),
+    (["train", "--recipe", "no-such-recipe"], "unknown recipe"),
+    (["train", "--epochs", "0"], "epochs must be positive"),
+    (["train", "--batch-size", "-3"], "batch-size must be positive"),
+    (["train", "--lr", "-0.1"], "lr must be positive"),
+    (["eval", "/nonexistent/run"], "no checkpoint at"),
+    (["data", "mnist", "--root", "/nonexistent"], "get it with: nin data mnist"),
+])
+def test_user_errors_are_one_line_with_exit_code_2(argv, message, capsys, tmp_path):
+    assert main([*argv, *(["--out", str(tmp_path / "r")] if argv[0] == "train" else [])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nin: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_asking_for_cuda_without_a_gpu_is_a_clear_error(capsys):
+    assert main(["train", "--device", "cuda", *TINY_TRAIN]) == 2
+    assert "no CUDA GPU is available here; use --device cpu" in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path, capsys):
+    fake = tmp_path / "model.pt"
+    fake.write_bytes(b"not a checkpoint at all")
+    assert main(["eval", str(fake)]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
+
+
+def test_an_unreadable_image_is_refused(trained_run, tmp_path, capsys):
+    text = tmp_path / "notes.png"
+    text.write_text("this is text, not a PNG")
+    assert main(["predict", str(trained_run), str(text)]) == 2
+    assert "not a readable image" in capsys.readouterr().err
+
+
+def test_the_console_script_prints_no_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-m", "nin", "eval", str(tmp_path / "missing")],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and done.stderr.startswith("nin: error: no checkpoint")

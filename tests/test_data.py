@@ -1,0 +1,692 @@
+"""Tests for nin.data: every data set is read from tiny files written in its real on-disk format."""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.io import savemat
+
+from nin.data import DeviceLoader, Normalize, load_dataset, load_image
+from nin.data import datasets, readers
+from nin.errors import NinError
+
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR100_NAMES = [f"class{i:02d}" for i in range(100)]
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch) -> Path:
+    """Every test gets its own cache folder, so no test reads or writes ~/.cache."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("NIN_CACHE_DIR", str(folder))
+    return folder
+
+
+# --- writers for the real on-disk formats -----------------------------------------------------------
+
+class _Py2Pickler(pickle._Pickler):
+    """Protocol 2 as Python 2's cPickle wrote the CIFAR files: a bytes object (a Python 2 str) is a
+    BINSTRING, not Python 3's ``_codecs.encode(...)`` call."""
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_bytes(self, obj: bytes) -> None:
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_bytes
+
+
+def py2_pickle(obj) -> bytes:
+    buffer = io.BytesIO()
+    _Py2Pickler(buffer, protocol=2).dump(obj)
+    # the real files were written with numpy 1.x, whose arrays live in numpy.core
+    return buffer.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+
+
+def write_pickle(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(py2_pickle(obj))
+
+
+def cifar_arrays(n: int, num_classes: int, seed: int) -> tuple[np.ndarray, list[int]]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 3072), dtype=np.uint8), [int(v) for v in rng.integers(0, num_classes, n)]
+
+
+def write_cifar10(root: Path, n: int = 3) -> dict[str, tuple[np.ndarray, list[int]]]:
+    """ROOT/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}; returns each batch's arrays."""
+    folder = root / "cifar-10-batches-py"
+    batches = {}
+    for seed, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
+        data, labels = cifar_arrays(n, 10, seed)
+        write_pickle(folder / name, {b"batch_label": name.encode(), b"labels": labels, b"data": data,
+                                     b"filenames": [b"image.png"] * n})
+        batches[name] = (data, labels)
+    # Python 2 str names: written as bytes by the Python 2 style pickler, read back as str
+    write_pickle(folder / "batches.meta", {b"label_names": [c.encode() for c in CIFAR10_NAMES],
+                                           b"num_cases_per_batch": n, b"num_vis": 3072})
+    return batches
+
+
+def write_cifar100(root: Path, n: int = 4) -> dict[str, tuple[np.ndarray, list[int]]]:
+    folder = root / "cifar-100-python"
+    splits = {}
+    for seed, name in enumerate(["train", "test"]):
+        data, fine = cifar_arrays(n, 100, seed)
+        write_pickle(folder / name, {b"filenames": [b"image.png"] * n, b"batch_label": name.encode(),
+                                     b"fine_labels": fine, b"coarse_labels": [f // 5 for f in fine], b"data": data})
+        splits[name] = (data, fine)
+    write_pickle(folder / "meta", {b"fine_label_names": [c.encode() for c in CIFAR100_NAMES],
+                                   b"coarse_label_names": [f"super{i}".encode() for i in range(20)]})
+    return splits
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> None:
+    """MNIST's IDX format: magic 00 00 08 NDIM, NDIM big-endian uint32 sizes, then the uint8 data."""
+    raw = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+
+
+def write_mnist(folder: Path, gz: bool = False, n: int = 5, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The four IDX files of MNIST / Fashion-MNIST in ``folder``; returns {prefix: (images, labels)}."""
+    rng = np.random.default_rng(seed)
+    suffix = ".gz" if gz else ""
+    arrays = {}
+    for prefix in ("train", "t10k"):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images, gz)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels, gz)
+        arrays[prefix] = (images, labels)
+    return arrays
+
+
+def write_svhn(root: Path, split: str = "train", n: int = 4, y_dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """ROOT/SPLIT_32x32.mat with X (32, 32, 3, N) uint8 and y (N, 1) in 1..10, 10 meaning the digit 0."""
+    X = np.random.default_rng(0).integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
+    y = (np.arange(n) + 9) % 10 + 1  # 10, 1, 2, ...
+    root.mkdir(parents=True, exist_ok=True)
+    savemat(root / f"{split}_32x32.mat", {"X": X, "y": y.reshape(n, 1).astype(y_dtype)})
+    return X, y
+
+
+def write_image(path: Path, image: Image.Image, **save_args) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, **save_args)
+
+
+def palette_image(size, index: int, colour) -> Image.Image:
+    image = Image.new("P", size, index)
+    image.putpalette([0, 0, 0] * index + list(colour))
+    return image
+
+
+def bump_mtime(path: Path) -> None:
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+
+
+# --- CIFAR ------------------------------------------------------------------------------------------
+
+def test_cifar10_train_concatenates_the_five_batches(tmp_path):
+    batches = write_cifar10(tmp_path, n=3)
+    split = load_dataset("cifar10", tmp_path, "train")
+    assert split.images.shape == (15, 3, 32, 32) and split.images.dtype == torch.uint8
+    assert split.labels.dtype == torch.int64
+    expected = np.concatenate([batches[f"data_batch_{i}"][0] for i in range(1, 6)])
+    assert torch.equal(split.images, torch.from_numpy(expected.reshape(-1, 3, 32, 32)))
+    assert split.labels.tolist() == sum((batches[f"data_batch_{i}"][1] for i in range(1, 6)), [])
+    assert split.classes == CIFAR10_NAMES
+
+
+def test_cifar10_pixel_layout_is_channel_row_column(tmp_path):
+    data = write_cifar10(tmp_path, n=2)["test_batch"][0]
+    images = load_dataset("cifar10", tmp_path, "test").images
+    assert images.shape == (2, 3, 32, 32)
+    for c, y, x in [(0, 0, 0), (1, 5, 7), (2, 31, 30), (0, 17, 3)]:
+        assert images[0, c, y, x] == data[0, c * 1024 + y * 32 + x]
+
+
+def test_cifar100_reads_fine_labels_and_names(tmp_path):
+    splits = write_cifar100(tmp_path, n=4)
+    for name in ("train", "test"):
+        split = load_dataset("cifar100", tmp_path, name)
+        assert split.images.shape == (4, 3, 32, 32)
+        assert torch.equal(split.images, torch.from_numpy(splits[name][0].reshape(-1, 3, 32, 32)))
+        assert split.labels.tolist() == splits[name][1]
+        assert split.classes == CIFAR100_NAMES
+
+
+def test_cifar_pickle_written_by_python3_with_protocol_2_loads(tmp_path):
+    """``pickle.dump(..., protocol=2)`` from Python 3 stores bytes as ``_codecs.encode(str, 'latin1')``."""
+    write_cifar10(tmp_path, n=2)
+    data, labels = cifar_arrays(2, 10, seed=9)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    path.write_bytes(pickle.dumps({b"data": data, b"labels": labels}, protocol=2))
+    (path.parent / "batches.meta").write_bytes(pickle.dumps({b"label_names": CIFAR10_NAMES}, protocol=2))
+    split = load_dataset("cifar10", tmp_path, "test", cache=False)
+    assert torch.equal(split.images, torch.from_numpy(data.reshape(-1, 3, 32, 32)))
+    assert split.labels.tolist() == labels and split.classes == CIFAR10_NAMES
+
+
+def test_truncated_cifar_pickle_raises(tmp_path):
+    write_cifar10(tmp_path, n=2)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    content = path.read_bytes()
+    for length in (0, 1, 40, len(content) // 2, len(content) - 1):
+        path.write_bytes(content[:length])
+        with pytest.raises(NinError, match="data_batch_2.*download again"):
+            load_dataset("cifar10", tmp_path, "train", cache=False)
+
+
+def test_cifar_pickle_with_damaged_length_field_raises(tmp_path):
+    """A flipped byte can turn an opcode into BINBYTES8 with an absurd length (an OverflowError)."""
+    write_cifar10(tmp_path, n=2)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    path.write_bytes(b"\x80\x02}q\x01(U\x04data\x8e" + b"\xff" * 8 + b"u.")
+    with pytest.raises(NinError, match="test_batch"):
+        load_dataset("cifar10", tmp_path, "test", cache=False)
+
+
+class _Exploit:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"echo hacked > '{self.marker}'",)
+
+
+def test_cifar_pickle_with_a_malicious_global_is_refused_and_not_run(tmp_path):
+    write_cifar10(tmp_path, n=2)
+    marker = tmp_path / "hacked"
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    path.write_bytes(pickle.dumps({b"data": _Exploit(marker), b"labels": [0]}, protocol=2))
+    assert b"system" in path.read_bytes()
+    with pytest.raises(NinError, match="refusing"):
+        load_dataset("cifar10", tmp_path, "test", cache=False)
+    assert not marker.exists()
+
+
+def test_cifar_batch_without_data_or_of_the_wrong_shape_raises(tmp_path):
+    write_cifar10(tmp_path, n=2)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    write_pickle(path, {b"labels": [0, 1]})
+    with pytest.raises(NinError, match="no 'data'"):
+        load_dataset("cifar10", tmp_path, "test", cache=False)
+    write_pickle(path, {b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]})
+    with pytest.raises(NinError, match="3072"):
+        load_dataset("cifar10", tmp_path, "test", cache=False)
+    write_pickle(path, [1, 2, 3])
+    with pytest.raises(NinError, match="expected a dict"):
+        load_dataset("cifar10", tmp_path, "test", cache=False)
+
+
+def test_cifar_label_out_of_range_raises(tmp_path):
+    write_cifar10(tmp_path, n=2)
+    data, _ = cifar_arrays(2, 10, seed=0)
+    write_pickle(tmp_path / "cifar-10-batches-py" / "test_batch", {b"data": data, b"labels": [3, 10]})
+    with pytest.raises(NinError, match="labels must lie in 0..9"):
+        load_dataset("cifar10", tmp_path, "test", cache=False)
+
+
+# --- SVHN -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("y_dtype", [np.float64, np.uint8])
+def test_svhn_transposes_and_maps_label_10_to_0(tmp_path, y_dtype):
+    X, y = write_svhn(tmp_path, "train", n=4, y_dtype=y_dtype)
+    split = load_dataset("svhn", tmp_path, "train")
+    assert split.images.shape == (4, 3, 32, 32) and split.images.dtype == torch.uint8
+    assert split.labels.dtype == torch.int64
+    assert y[0] == 10 and split.labels.tolist() == [0, 1, 2, 3]
+    for n, c, row, col in [(0, 0, 0, 0), (1, 2, 3, 4), (3, 1, 31, 0), (2, 0, 10, 29)]:
+        assert split.images[n, c, row, col] == X[row, col, c, n]
+    assert split.classes == [str(d) for d in range(10)]
+
+
+def test_svhn_extra_split(tmp_path):
+    write_svhn(tmp_path, "extra", n=3)
+    assert load_dataset("svhn", tmp_path, "extra").images.shape == (3, 3, 32, 32)
+
+
+def test_svhn_mat_without_x_and_y_raises(tmp_path):
+    savemat(tmp_path / "train_32x32.mat", {"images": np.zeros((32, 32, 3, 2), np.uint8)})
+    with pytest.raises(NinError, match="'X' and 'y'"):
+        load_dataset("svhn", tmp_path, "train", cache=False)
+
+
+def test_svhn_file_that_is_not_a_mat_file_raises(tmp_path):
+    (tmp_path / "test_32x32.mat").write_bytes(b"not a MATLAB file at all" * 10)
+    with pytest.raises(NinError, match="not a readable .mat"):
+        load_dataset("svhn", tmp_path, "test", cache=False)
+
+
+# --- MNIST and Fashion-MNIST ---------------------------------------------------------------------
+
+def test_mnist_in_torchvision_layout(tmp_path):
+    arrays = write_mnist(tmp_path / "MNIST" / "raw", gz=False, n=5)
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        loaded = load_dataset("mnist", tmp_path, split)
+        images, labels = arrays[prefix]
+        assert loaded.images.shape == (5, 1, 28, 28) and loaded.images.dtype == torch.uint8
+        assert loaded.labels.dtype == torch.int64
+        assert loaded.images[3, 0, 7, 20] == images[3, 7, 20]
+        assert torch.equal(loaded.images[:, 0], torch.from_numpy(images))
+        assert loaded.labels.tolist() == labels.tolist()
+        assert loaded.classes == [str(d) for d in range(10)]
+
+
+def test_fashion_mnist_in_debian_layout_gzipped_in_the_root(tmp_path):
+    arrays = write_mnist(tmp_path, gz=True, n=6)
+    assert (tmp_path / "train-images-idx3-ubyte.gz").is_file()
+    loaded = load_dataset("fashion-mnist", tmp_path, "test")
+    assert torch.equal(loaded.images[:, 0], torch.from_numpy(arrays["t10k"][0]))
+    assert loaded.labels.tolist() == arrays["t10k"][1].tolist()
+    assert loaded.classes[0] == "T-shirt/top" and loaded.classes[9] == "Ankle boot" and len(loaded.classes) == 10
+
+
+def test_idx_with_wrong_magic_raises(tmp_path):
+    write_mnist(tmp_path / "MNIST" / "raw", n=2)
+    path = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    path.write_bytes(b"\x00\x00\x0d\x03" + path.read_bytes()[4:])  # 0x0d: float data
+    with pytest.raises(NinError, match="magic 00 00 08 03"):
+        load_dataset("mnist", tmp_path, "train", cache=False)
+
+
+def test_idx_labels_file_in_place_of_images_raises(tmp_path):
+    folder = tmp_path / "MNIST" / "raw"
+    write_mnist(folder, n=2)
+    (folder / "t10k-images-idx3-ubyte").write_bytes((folder / "t10k-labels-idx1-ubyte").read_bytes())
+    with pytest.raises(NinError, match="magic"):
+        load_dataset("mnist", tmp_path, "test", cache=False)
+
+
+@pytest.mark.parametrize("change", ["truncate", "pad"])
+def test_idx_whose_size_disagrees_with_its_header_raises(tmp_path, change):
+    write_mnist(tmp_path / "MNIST" / "raw", n=2)
+    path = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    content = path.read_bytes()
+    path.write_bytes(content[:-10] if change == "truncate" else content + b"\x00")
+    with pytest.raises(NinError, match="truncated or padded"):
+        load_dataset("mnist", tmp_path, "train", cache=False)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "flipped"])
+def test_corrupt_gz_raises(tmp_path, damage):
+    write_mnist(tmp_path, gz=True, n=3)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    content = bytearray(path.read_bytes())
+    if damage == "truncated":
+        content = content[:len(content) // 2]
+    elif damage == "garbage":
+        content = content[:10] + b"\xff" * 50
+    else:
+        content[-6] ^= 0xFF  # the stored CRC-32 no longer matches
+    path.write_bytes(bytes(content))
+    with pytest.raises(NinError, match="train-images-idx3-ubyte.gz cannot be read"):
+        load_dataset("fashion-mnist", tmp_path, "train", cache=False)
+
+
+def test_idx_label_count_must_match_image_count(tmp_path):
+    folder = tmp_path / "MNIST" / "raw"
+    write_mnist(folder, n=4)
+    write_idx(folder / "train-labels-idx1-ubyte", np.arange(3))
+    with pytest.raises(NinError, match="3 labels for 4 images"):
+        load_dataset("mnist", tmp_path, "train", cache=False)
+
+
+# --- names, splits and missing files --------------------------------------------------------------
+
+def test_unknown_data_set_name_raises(tmp_path):
+    with pytest.raises(NinError, match="unknown data set 'imagenet'.*cifar10"):
+        load_dataset("imagenet", tmp_path, "train")
+
+
+@pytest.mark.parametrize("name", ["cifar10", "mnist", "folder"])
+def test_unknown_split_raises(tmp_path, name):
+    with pytest.raises(NinError, match="no split 'validation'.*train, test"):
+        load_dataset(name, tmp_path, "validation")
+
+
+@pytest.mark.parametrize("name, missing, how", [
+    ("cifar10", "data_batch_1", "--download"),
+    ("cifar100", "train", "--download"),
+    ("svhn", "train_32x32.mat", "--download"),
+    ("mnist", "train-images-idx3-ubyte", "--download"),
+    ("fashion-mnist", "train-images-idx3-ubyte", "apt-get install dataset-fashion-mnist"),
+])
+def test_missing_root_names_the_file_and_how_to_get_it(tmp_path, name, missing, how):
+    with pytest.raises(NinError, match="not found") as error:
+        load_dataset(name, tmp_path / "nowhere", "train")
+    assert missing in str(error.value) and how in str(error.value)
+
+
+def test_one_missing_cifar_batch_is_named(tmp_path):
+    write_cifar10(tmp_path, n=2)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(NinError, match="missing .*data_batch_3; get it with: nin data cifar10"):
+        load_dataset("cifar10", tmp_path, "train")
+    assert load_dataset("cifar10", tmp_path, "test").images.shape == (2, 3, 32, 32)
+
+
+# --- image folders ----------------------------------------------------------------------------------
+
+def write_folder(root: Path) -> None:
+    """Classes 'zebra', 'ant', 'mole' (created out of order) with images of many sizes and modes."""
+    write_image(root / "train" / "zebra" / "a.png", Image.new("RGB", (20, 12), (10, 20, 30)))
+    write_image(root / "train" / "zebra" / "b.png", Image.new("L", (7, 9), 77))
+    write_image(root / "train" / "ant" / "c.png", Image.new("RGBA", (16, 16), (1, 2, 3, 4)))
+    write_image(root / "train" / "ant" / "nested" / "d.png", palette_image((5, 40), 7, (200, 100, 50)))
+    write_image(root / "train" / "mole" / "e.jpg", Image.new("RGB", (30, 30), (90, 160, 220)), quality=95)
+    (root / "train" / "mole" / "notes.txt").write_text("not an image")
+    write_image(root / "test" / "ant" / "f.png", Image.new("RGB", (16, 16), (5, 5, 5)))
+    write_image(root / "test" / "mole" / "g.png", Image.new("RGB", (3, 3), (6, 6, 6)))
+    write_image(root / "test" / "zebra" / "h.png", Image.new("RGB", (64, 48), (7, 7, 7)))
+
+
+def test_folder_rgb_mixed_sizes_and_modes(tmp_path):
+    write_folder(tmp_path)
+    split = load_dataset("folder", tmp_path, "train", image_size=16, channels=3)
+    assert split.classes == ["ant", "mole", "zebra"]
+    assert split.images.shape == (5, 3, 16, 16) and split.images.dtype == torch.uint8
+    assert split.labels.tolist() == [0, 0, 1, 2, 2]  # by class, then by path: c.png, nested/d.png, e.jpg, a.png, b.png
+    colours = [(1, 2, 3), (200, 100, 50), (90, 160, 220), (10, 20, 30), (77, 77, 77)]
+    for image, colour in zip(split.images, colours):
+        expected = torch.tensor(colour, dtype=torch.uint8).view(3, 1, 1).expand(3, 16, 16)
+        assert (image.int() - expected.int()).abs().max() <= 3  # the JPEG is only close
+
+
+def test_folder_greyscale(tmp_path):
+    write_folder(tmp_path)
+    split = load_dataset("folder", tmp_path, "train", image_size=8, channels=1)
+    assert split.images.shape == (5, 1, 8, 8)
+    assert split.images[3, 0, 4, 4] == Image.new("RGB", (1, 1), (10, 20, 30)).convert("L").getpixel((0, 0))
+    assert split.images[4].unique().tolist() == [77]
+
+
+def test_folder_test_split(tmp_path):
+    write_folder(tmp_path)
+    split = load_dataset("folder", tmp_path, "test", image_size=16, channels=3)
+    assert split.classes == ["ant", "mole", "zebra"]
+    assert split.labels.tolist() == [0, 1, 2]
+    assert [int(image[0, 0, 0]) for image in split.images] == [5, 6, 7]
+
+
+def test_folder_without_class_folders_raises(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "loose.png").write_bytes(b"")
+    with pytest.raises(NinError, match="no class folders"):
+        load_dataset("folder", tmp_path, "train")
+    with pytest.raises(NinError, match="no class folders"):
+        load_dataset("folder", tmp_path / "nowhere", "train")
+
+
+def test_folder_with_class_folders_but_no_images_raises(tmp_path):
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "train" / "cat" / "readme.txt").write_text("empty")
+    with pytest.raises(NinError, match="no images"):
+        load_dataset("folder", tmp_path, "train")
+
+
+def test_folder_train_split_with_one_class_raises(tmp_path):
+    write_image(tmp_path / "train" / "cat" / "a.png", Image.new("RGB", (4, 4)))
+    (tmp_path / "train" / "dog").mkdir()  # a class folder without images does not count
+    with pytest.raises(NinError, match="one class only"):
+        load_dataset("folder", tmp_path, "train")
+
+
+def test_folder_needs_a_root():
+    with pytest.raises(NinError, match="--root"):
+        load_dataset("folder", None, "train")
+
+
+# --- load_image -------------------------------------------------------------------------------------
+
+def test_load_image_scales_16_bit_greyscale(tmp_path):
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.array([[0, 32768, 65535, 256]], dtype=np.uint16)).save(path)
+    assert Image.open(path).mode.startswith("I")
+    image = load_image(path, 4, 1)
+    assert image.shape == (1, 4, 4) and image.dtype == torch.uint8
+    assert image[0, 0].tolist() == [0, 128, 255, 1]
+    assert load_image(path, 4, 3)[:, 0, 2].tolist() == [255, 255, 255]
+
+
+def test_load_image_drops_alpha_and_expands_palettes(tmp_path):
+    write_image(tmp_path / "rgba.png", Image.new("RGBA", (5, 5), (10, 20, 30, 0)))
+    write_image(tmp_path / "palette.png", palette_image((5, 5), 2, (200, 100, 50)))
+    write_image(tmp_path / "grey.png", Image.new("L", (5, 5), 99))
+    assert load_image(tmp_path / "rgba.png", 5, 3)[:, 2, 2].tolist() == [10, 20, 30]
+    assert load_image(tmp_path / "palette.png", 5, 3)[:, 2, 2].tolist() == [200, 100, 50]
+    assert load_image(tmp_path / "grey.png", 5, 3)[:, 2, 2].tolist() == [99, 99, 99]
+    assert load_image(tmp_path / "palette.png", 3, 1).shape == (1, 3, 3)
+
+
+def test_load_image_resizes_to_a_square(tmp_path):
+    write_image(tmp_path / "wide.png", Image.new("RGB", (40, 10), (1, 2, 3)))
+    image = load_image(tmp_path / "wide.png", 12, 3)
+    assert image.shape == (3, 12, 12) and image[:, 6, 6].tolist() == [1, 2, 3]
+
+
+def test_load_image_of_a_non_image_raises(tmp_path):
+    (tmp_path / "notes.png").write_text("this is text, not a PNG")
+    with pytest.raises(NinError, match="not a readable image"):
+        load_image(tmp_path / "notes.png", 8, 3)
+    write_image(tmp_path / "ok.png", Image.new("RGB", (30, 30), (1, 2, 3)))
+    (tmp_path / "cut.png").write_bytes((tmp_path / "ok.png").read_bytes()[:40])
+    with pytest.raises(NinError, match="not a readable image"):
+        load_image(tmp_path / "cut.png", 8, 3)
+    with pytest.raises(NinError, match="does not exist"):
+        load_image(tmp_path / "missing.png", 8, 3)
+
+
+# --- cache ------------------------------------------------------------------------------------------
+
+def test_second_load_reads_the_cache(tmp_path, cache, monkeypatch):
+    write_cifar10(tmp_path, n=2)
+    first = load_dataset("cifar10", tmp_path, "train")
+    assert [p.name for p in cache.glob("*.pt")] and all(p.name.startswith("cifar10-train-") for p in cache.glob("*"))
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("parsed again instead of reading the cache")
+
+    monkeypatch.setattr(readers, "cifar_batch", no_parsing)
+    second = load_dataset("cifar10", tmp_path, "train")
+    assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+    assert second.classes == first.classes == CIFAR10_NAMES
+
+
+def test_cache_false_writes_nothing(tmp_path, cache):
+    write_mnist(tmp_path / "MNIST" / "raw", n=2)
+    load_dataset("mnist", tmp_path, "train", cache=False)
+    assert not cache.exists() or not list(cache.iterdir())
+
+
+def test_changed_source_file_invalidates_the_cache(tmp_path, cache):
+    batches = write_cifar10(tmp_path, n=2)
+    assert load_dataset("cifar10", tmp_path, "test").labels.tolist() == batches["test_batch"][1]
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    data, _ = cifar_arrays(2, 10, seed=0)
+    size = path.stat().st_size
+    write_pickle(path, {b"batch_label": b"test_batch", b"labels": [9, 8], b"data": data[::-1].copy(),
+                        b"filenames": [b"image.png"] * 2})
+    assert path.stat().st_size == size  # same size: only the time tells the files apart
+    bump_mtime(path)
+    reloaded = load_dataset("cifar10", tmp_path, "test")
+    assert reloaded.labels.tolist() == [9, 8]
+    assert torch.equal(reloaded.images, torch.from_numpy(data[::-1].reshape(-1, 3, 32, 32).copy()))
+
+
+def test_damaged_cache_entry_is_rebuilt(tmp_path, cache):
+    arrays = write_mnist(tmp_path / "MNIST" / "raw", n=3)
+    load_dataset("mnist", tmp_path, "test")
+    [entry] = cache.glob("*.pt")
+    entry.write_bytes(b"garbage" * 10)
+    loaded = load_dataset("mnist", tmp_path, "test")
+    assert torch.equal(loaded.images[:, 0], torch.from_numpy(arrays["t10k"][0]))
+    assert torch.load(entry, weights_only=True)["labels"].tolist() == arrays["t10k"][1].tolist()
+
+
+def test_tampered_cache_entry_is_not_executed(tmp_path, cache):
+    write_mnist(tmp_path / "MNIST" / "raw", n=3)
+    expected = load_dataset("mnist", tmp_path, "train")
+    [entry] = cache.glob("*.pt")
+    marker = tmp_path / "hacked"
+    entry.write_bytes(pickle.dumps({"images": _Exploit(marker)}, protocol=2))
+    loaded = load_dataset("mnist", tmp_path, "train")
+    assert not marker.exists()
+    assert torch.equal(loaded.images, expected.images)
+
+
+def test_folder_cache_follows_size_channels_and_new_images(tmp_path):
+    write_folder(tmp_path)
+    assert load_dataset("folder", tmp_path, "train", image_size=16, channels=3).images.shape == (5, 3, 16, 16)
+    assert load_dataset("folder", tmp_path, "train", image_size=8, channels=1).images.shape == (5, 1, 8, 8)
+    assert load_dataset("folder", tmp_path, "train", image_size=16, channels=3).images.shape == (5, 3, 16, 16)
+    write_image(tmp_path / "train" / "ant" / "z.png", Image.new("RGB", (4, 4)))
+    assert load_dataset("folder", tmp_path, "train", image_size=16, channels=3).labels.tolist() == [0, 0, 0, 1, 2, 2]
+
+
+# --- Normalize and DeviceLoader ------------------------------------------------------------------
+
+def random_images(n: int, channels: int = 3, size: int = 8, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, channels, size, size), generator=generator, dtype=torch.uint8)
+
+
+def raw_pixels(batch: torch.Tensor) -> torch.Tensor:
+    """Undo Normalize([0...], [1...]), which only divides by 255."""
+    return (batch * 255).round().to(torch.uint8)
+
+
+def identity(channels: int) -> Normalize:
+    return Normalize([0.0] * channels, [1.0] * channels)
+
+
+def test_normalize_fit_matches_numpy():
+    images = random_images(20)
+    as_float = images.numpy().astype(np.float64) / 255.0
+    normalize = Normalize.fit(images)
+    np.testing.assert_allclose(normalize.mean, as_float.mean(axis=(0, 2, 3)), rtol=1e-9)
+    np.testing.assert_allclose(normalize.std, as_float.std(axis=(0, 2, 3)), rtol=1e-6)
+    chunked = Normalize.fit(images, chunk=7)
+    np.testing.assert_allclose(chunked.mean, normalize.mean, rtol=1e-12)
+    np.testing.assert_allclose(chunked.std, normalize.std, rtol=1e-9)
+    normalised = normalize(images).double()
+    np.testing.assert_allclose(normalised.mean(dim=(0, 2, 3)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(normalised.std(dim=(0, 2, 3), unbiased=False), 1.0, atol=1e-5)
+
+
+def test_loader_same_seed_and_epoch_give_identical_batches():
+    images, labels = random_images(24), torch.arange(24)
+
+    def epoch_batches(epoch: int):
+        loader = DeviceLoader(images, labels, Normalize.fit(images), batch_size=5, train=True,
+                              translate=2, flip=True, seed=0)
+        loader.set_epoch(epoch)
+        return list(loader)
+
+    first, again, other = epoch_batches(3), epoch_batches(3), epoch_batches(4)
+    assert len(first) == 4  # 24 // 5: training drops the remainder
+    for (a, la), (b, lb) in zip(first, again):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+    assert torch.cat([l for _, l in first]).tolist() != torch.cat([l for _, l in other]).tolist()
+
+
+def test_loader_resumes_mid_epoch():
+    images, labels = random_images(20), torch.arange(20)
+    loader = DeviceLoader(images, labels, identity(3), batch_size=4, train=True, translate=2, flip=True, seed=5)
+    loader.set_epoch(2)
+    full = list(loader)
+    for (a, la), (b, lb) in zip(full[2:], loader.batches(start=2), strict=True):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+def test_loader_training_epoch_shows_each_image_at_most_once():
+    images, labels = random_images(23), torch.arange(23)
+    loader = DeviceLoader(images, labels, Normalize.fit(images), batch_size=4, train=True, seed=1)
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        seen = torch.cat([batch_labels for _, batch_labels in loader]).tolist()
+        assert len(seen) == len(set(seen)) == 20 == len(loader) * 4
+
+
+def test_loader_evaluation_covers_all_images_in_order():
+    images, labels = random_images(10), torch.arange(10) % 3
+    normalize = Normalize.fit(images)
+    loader = DeviceLoader(images, labels, normalize, batch_size=4, train=False, translate=2, flip=True)
+    batches = list(loader)
+    assert len(loader) == len(batches) == 3 and [len(l) for _, l in batches] == [4, 4, 2]
+    assert torch.equal(torch.cat([b for b, _ in batches]), normalize(images))  # no augmentation
+    assert torch.equal(torch.cat([l for _, l in batches]), labels)
+
+
+def test_loader_translate_moves_a_bright_pixel_by_at_most_two():
+    n_centre, n_corner = 400, 100
+    images = torch.zeros(n_centre + n_corner, 1, 9, 9, dtype=torch.uint8)
+    images[:n_centre, 0, 4, 4] = 255  # stays in the frame whatever the shift
+    images[n_centre:, 0, 0, 8] = 255  # top-right corner: may be shifted out of the frame
+    loader = DeviceLoader(images, torch.arange(len(images)), identity(1), batch_size=50, train=True,
+                          translate=2, flip=False, seed=0)
+    shifts, left_frame, stayed = set(), 0, 0
+    for batch, ids in loader:
+        for image, index in zip(raw_pixels(batch), ids.tolist()):
+            bright = (image[0] > 0).nonzero().tolist()
+            assert len(bright) <= 1 and int(image.max()) in (0, 255)
+            y0, x0 = (4, 4) if index < n_centre else (0, 8)
+            if not bright:
+                assert index >= n_centre, "a centre pixel cannot leave a 9x9 frame with shifts of 2"
+                left_frame += 1
+                continue
+            dy, dx = bright[0][0] - y0, bright[0][1] - x0
+            assert abs(dy) <= 2 and abs(dx) <= 2
+            if index < n_centre:
+                shifts.add((dy, dx))
+            else:
+                stayed += 1
+    assert len(shifts) == 25  # every shift in [-2, 2] x [-2, 2] occurs
+    assert left_frame > 0 and stayed > 0
+
+
+def test_loader_flip():
+    images, labels = random_images(64, channels=2), torch.arange(64)
+
+    def flipped_count(flip: bool) -> int:
+        loader = DeviceLoader(images, labels, identity(2), batch_size=16, train=True, flip=flip, seed=0)
+        count = 0
+        for batch, ids in loader:
+            for image, index in zip(raw_pixels(batch), ids):
+                original = images[index]
+                assert torch.equal(image, original) or torch.equal(image, original.flip(-1))
+                count += not torch.equal(image, original)
+        return count
+
+    assert flipped_count(False) == 0
+    assert 0 < flipped_count(True) < 64
+
+
+def test_loader_shards_are_disjoint_halves():
+    images, labels = random_images(12), torch.arange(12)
+
+    def rank_labels(rank: int, train: bool) -> list[int]:
+        loader = DeviceLoader(images, labels, identity(3), batch_size=3, train=train, seed=7,
+                              rank=rank, world_size=2)
+        loader.set_epoch(1)
+        return torch.cat([batch_labels for _, batch_labels in loader]).tolist()
+
+    for train in (True, False):
+        first, second = rank_labels(0, train), rank_labels(1, train)
+        assert len(first) == len(second) == 6
+        assert not set(first) & set(second) and set(first) | set(second) == set(range(12))
+    assert rank_labels(0, train=False) == [0, 2, 4, 6, 8, 10]

@@ -1,0 +1,132 @@
+"""The network: the seed's layers and parameter count, every variant's shapes, the options."""
+import pytest
+import torch
+from torch import nn
+
+import nin
+from nin.models import NIN, count_parameters, create_model, list_models, nin_cifar10
+
+
+class SeedNIN(nn.Module):
+    """The seed document's CIFAR-10 network, copied layer for layer as the reference."""
+
+    def __init__(self, in_channels=3, out_channels=10):
+        super().__init__()
+        self.features1 = nn.Sequential(
+            nn.Conv2d(in_channels, 192, 5, padding=2), nn.ReLU(), nn.Conv2d(192, 160, 1), nn.ReLU(),
+            nn.Conv2d(160, 96, 1), nn.ReLU(), nn.MaxPool2d(3, 2, 1), nn.Dropout(0.5))
+        self.features2 = nn.Sequential(
+            nn.Conv2d(96, 192, 5, padding=2), nn.ReLU(), nn.Conv2d(192, 192, 1), nn.ReLU(),
+            nn.Conv2d(192, 192, 1), nn.ReLU(), nn.MaxPool2d(3, 2, 1), nn.Dropout(0.5))
+        self.features3 = nn.Sequential(
+            nn.Conv2d(192, 192, 3, padding=1), nn.ReLU(), nn.Conv2d(192, 192, 1), nn.ReLU(),
+            nn.Conv2d(192, out_channels, 1), nn.ReLU())
+        self.gap = nn.AvgPool2d(8, 1)
+
+    def forward(self, x):
+        return self.gap(self.features3(self.features2(self.features1(x)))).flatten(1)
+
+
+def test_nin_cifar10_is_the_seed_network_parameter_for_parameter():
+    ours, seed = nin_cifar10(), SeedNIN()
+    assert count_parameters(ours) == count_parameters(seed) == 966_986
+    our_params = [(name, p.shape) for name, p in ours.named_parameters()]
+    seed_params = [(name, p.shape) for name, p in seed.named_parameters()]
+    assert our_params == seed_params
+    # the seed's weights load as they are and give the same outputs
+    ours.load_state_dict(seed.state_dict())
+    ours.eval(), seed.eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(ours(x), seed(x))
+    layer_types = [type(m).__name__ for m in ours.features1]
+    assert layer_types == ["Conv2d", "ReLU", "Conv2d", "ReLU", "Conv2d", "ReLU", "MaxPool2d", "Dropout"]
+
+
+EXPECTED_PARAMETERS = {"nin_cifar10": 966_986, "nin_cifar100": 984_356, "nin_svhn": 1_199_594,
+                       "nin_mnist": 349_674, "nin_imagenet": 7_595_176}
+INPUTS = {"nin_cifar10": (3, 32, 10), "nin_cifar100": (3, 32, 100), "nin_svhn": (3, 32, 10),
+          "nin_mnist": (1, 28, 10), "nin_imagenet": (3, 224, 1000)}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMETERS))
+def test_every_variant_has_its_parameter_count_and_output_shape(name):
+    model = create_model(name).eval()
+    assert count_parameters(model) == EXPECTED_PARAMETERS[name]
+    channels, size, classes = INPUTS[name]
+    with torch.no_grad():
+        maps = model.forward_features(torch.randn(2, channels, size, size))
+        assert maps.shape[:2] == (2, classes)  # one category confidence map per class
+        assert model.forward_head(maps).shape == (2, classes)
+
+
+def test_imagenet_maps_are_6x6_as_in_caffe():
+    with torch.no_grad():
+        maps = create_model("nin_imagenet").eval().forward_features(torch.randn(1, 3, 224, 224))
+    assert maps.shape == (1, 1000, 6, 6)
+
+
+def test_registry_lists_every_variant_and_its_batchnorm_twin():
+    names = nin.list_models()
+    for base in EXPECTED_PARAMETERS:
+        assert base in names and f"{base}_bn" in names
+    assert any(isinstance(m, nn.BatchNorm2d) for m in nin.create_model("nin_mnist_bn").modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in nin.create_model("nin_mnist").modules())
+
+
+@pytest.mark.parametrize("size", [24, 32, 40, 57])
+def test_global_average_pooling_takes_any_input_size(size):
+    model = create_model("nin_cifar10", num_classes=7, in_channels=1).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, size, size)).shape == (2, 7)
+
+
+def test_options_change_the_layers():
+    model = create_model("nin_cifar10", dropout=0.0, pools=("max", "avg"), relu_before_gap=False)
+    assert not any(isinstance(m, nn.Dropout) for m in model.modules())
+    assert isinstance(model.features2[6], nn.AvgPool2d)
+    assert not isinstance(model.features3[-1], nn.ReLU)
+
+
+@pytest.mark.parametrize("head,dropouts", [("fc", 2), ("fc_dropout", 3)])
+def test_fully_connected_heads_for_table_5(head, dropouts):
+    model = create_model("nin_cifar10", head=head)
+    assert isinstance(model.fc[-1], nn.Linear) and model.fc[-1].out_features == 10
+    assert sum(isinstance(m, nn.Dropout) for m in model.modules()) == dropouts
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_gaussian_init_is_the_authors_std_005():
+    model = create_model("nin_cifar10", init="gaussian")
+    weight = model.features2[0].weight
+    assert abs(weight.std().item() - 0.05) < 0.002
+    assert all(float(m.bias.detach().abs().max()) == 0 for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_default_init_starts_every_class_map_alive():
+    """Dead ReLUs before GAP are NIN's best-known failure: every class must get gradient at step 0."""
+    torch.manual_seed(0)
+    model = create_model("nin_cifar10")
+    logits = model(torch.randn(16, 3, 32, 32))
+    torch.nn.functional.cross_entropy(logits, torch.randint(0, 10, (16,))).backward()
+    last = model.features3[4]
+    assert (last.weight.grad.flatten(1).abs().sum(1) > 0).all()
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"head": "mlp"}, "unknown head"), ({"init": "xavier"}, "unknown init"),
+    ({"pools": ("max",)}, "pools needs 2"), ({"pools": ("max", "min")}, "unknown pooling"),
+    ({"widths": 3}, "bad argument"),
+])
+def test_bad_options_raise_a_clear_error(kwargs, message):
+    with pytest.raises(nin.NinError, match=message):
+        create_model("nin_cifar10", **kwargs)
+
+
+def test_unknown_model_name_lists_the_known_ones():
+    with pytest.raises(nin.NinError, match="unknown model 'nin_cifar11'.*nin_cifar10"):
+        create_model("nin_cifar11")
+
+
+def test_model_class_is_exported():
+    assert isinstance(nin.create_model("nin_mnist"), NIN) and "nin_mnist" in list_models()

@@ -1,0 +1,98 @@
+"""Training on real Fashion-MNIST: it learns, it leaves a complete run folder, it resumes exactly."""
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from nin.checkpoint import load_checkpoint
+from nin.config import TrainConfig
+from nin.errors import NinError
+from nin.train import fit, lr_at, resume_config
+
+
+def small_config(out, **changes) -> TrainConfig:
+    settings = dict(model="nin_mnist_bn", dataset="fashion-mnist", train_subset=2048, test_subset=1000,
+                    epochs=2, batch_size=64, lr=0.1, warmup_epochs=0.5, label_smoothing=0.1,
+                    progress=False, out=str(out))
+    return TrainConfig(**{**settings, **changes})
+
+
+def interrupt_after(line_start: str):
+    def log(line: str) -> None:
+        if line.startswith(line_start):
+            raise KeyboardInterrupt
+    return log
+
+
+def test_a_short_run_learns_far_above_chance_and_leaves_a_run_folder(tmp_path, fashion_mnist_root):
+    result = fit(small_config(tmp_path / "run"), log=lambda *_: None)
+
+    assert result["accuracy"] > 0.65  # chance is 0.10; two epochs on 2,048 images reach about 0.75
+    assert result["n"] == 1000 and result["run_dir"] == str(tmp_path / "run")
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert set(rows[0]) == {"epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"}
+    assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train_subset"] == 2048
+
+
+def test_checkpoint_holds_everything_evaluation_needs(tmp_path, fashion_mnist_root):
+    fit(small_config(tmp_path, epochs=1, train_subset=256), log=lambda *_: None)
+    state = load_checkpoint(tmp_path)
+    assert state["model_name"] == "nin_mnist_bn" and state["model_kwargs"]["num_classes"] == 10
+    assert state["classes"][0] == "T-shirt/top" and state["input"] == {"size": 28, "channels": 1,
+                                                                       "dataset": "fashion-mnist"}
+    assert 0.2 < state["normalization"]["mean"][0] < 0.4  # Fashion-MNIST's mean pixel is about 0.286
+    assert state["epoch"] == 1 and state["step"] == 4
+    assert {"model", "optimizer", "rng", "config"} <= set(state)
+    assert not list(tmp_path.glob("*.tmp"))  # the atomic write left no temporary file behind
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, fashion_mnist_root):
+    settings = dict(train_subset=512, test_subset=128, epochs=3)
+    fit(small_config(tmp_path / "straight", **settings), log=lambda *_: None)
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C right after epoch 1's checkpoint
+        fit(small_config(tmp_path / "stopped", **settings), log=interrupt_after("epoch 1/3"))
+    fit(resume_config(str(tmp_path / "stopped"), {}), resume=str(tmp_path / "stopped"), log=lambda *_: None)
+
+    straight, resumed = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "stopped")
+    assert resumed["epoch"] == 3 and resumed["step"] == straight["step"]
+    for name, tensor in straight["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+    rows = list(csv.DictReader(open(tmp_path / "stopped" / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+
+
+def test_resume_refuses_to_change_the_recipe(tmp_path, fashion_mnist_root):
+    fit(small_config(tmp_path, epochs=1, train_subset=128), log=lambda *_: None)
+    with pytest.raises(NinError, match="only --epochs"):
+        resume_config(str(tmp_path), {"lr": 0.5})
+
+
+def test_a_new_run_never_overwrites_an_old_one(tmp_path, fashion_mnist_root):
+    fit(small_config(tmp_path, epochs=1, train_subset=128), log=lambda *_: None)
+    with pytest.raises(NinError, match="already holds a run"):
+        fit(small_config(tmp_path, epochs=1, train_subset=128), log=lambda *_: None)
+
+
+def test_a_diverging_run_stops_with_the_step_and_learning_rate(tmp_path, fashion_mnist_root):
+    config = small_config(tmp_path, model="nin_mnist", epochs=1, train_subset=512, lr=1e6, warmup_epochs=0,
+                          schedule="constant")
+    with pytest.raises(NinError, match=r"non-finite by step \d+ .*lr 1e\+06"):
+        fit(config, log=lambda *_: None)
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    config = TrainConfig(lr=0.2, epochs=10, warmup_epochs=1, schedule="cosine")
+    total = 1000
+    lrs = [lr_at(step, total, config) for step in range(total)]
+    assert lrs[0] == pytest.approx(0.02)
+    assert max(lrs) == pytest.approx(0.2, rel=1e-3) and lrs.index(max(lrs)) == 100
+    assert all(a >= b for a, b in zip(lrs[100:], lrs[101:]))
+    assert lrs[-1] < 1e-5
+    step = TrainConfig(lr=0.1, epochs=10, warmup_epochs=0, schedule="step", step_milestones=[0.5, 0.75])
+    assert [lr_at(s, total, step) for s in (0, 600, 900)] == pytest.approx([0.1, 0.01, 0.001])
+    assert math.isclose(lr_at(500, total, TrainConfig(lr=0.1, epochs=10, warmup_epochs=0, schedule="linear")),
+                        0.05)
