@@ -18,7 +18,7 @@ from nin.train import fit
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", default="fashion-mnist")
+    parser.add_argument("--recipe", default="fashion-mnist-long")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")

@@ -1,4 +1,4 @@
-"""The ``nin`` command: train, eval, predict, data, models, recipes.
+"""The ``nin`` command: train, eval, export, predict, data, models, recipes.
 
 Every user error is a ``NinError``: printed as one line ``nin: error: ...`` with exit code 2.
 """
@@ -11,6 +11,9 @@ import sys
 from . import __version__
 from .config import add_arguments, list_recipes, load_recipe, overrides_from_args, from_dict
 from .errors import NinError
+from .train import Interrupted
+
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: the run stopped cleanly and can be resumed
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -30,7 +33,21 @@ def get_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--report", metavar="DIR", help="write the confusion matrix (CSV, PNG), per-class "
+                          "accuracy (CSV, PNG), the most confused pairs (CSV) and metrics.json into DIR")
+    evaluate.add_argument("--topk", type=int, default=5, metavar="K", help="also report top-K accuracy (default 5)")
+    evaluate.add_argument("--tta", action="store_true",
+                          help="average the logits of each image and its horizontal flip (data sets that allow flips)")
     evaluate.set_defaults(handler=cmd_eval)
+
+    export = commands.add_parser("export", help="write a run's model as safetensors + JSON, ONNX or TorchScript")
+    export.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT")
+    export.add_argument("--format", default="safetensors", metavar="{safetensors,onnx,torchscript}",
+                        help="safetensors: the weights, for nin.load; onnx, torchscript: the model with its "
+                             "normalisation inside, fed uint8 NCHW pixels 0..255 (default: safetensors)")
+    export.add_argument("--out", metavar="PATH", help="PATH.safetensors|.onnx|.torchscript.pt and PATH.json "
+                        "(default: model beside the checkpoint)")
+    export.set_defaults(handler=cmd_export)
 
     predict = commands.add_parser("predict", help="top-k classes for image files")
     predict.add_argument("checkpoint", metavar="CHECKPOINT")
@@ -70,14 +87,44 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from .inference import evaluate_trained, load_trained
     from .evaluate import format_report
+    from .report import confused_pairs, format_pairs, require_matplotlib, write_report
     from .train import resolve_device
 
+    if args.topk < 1:
+        raise NinError(f"--topk must be 1 or more, got {args.topk}")
+    if args.report:
+        require_matplotlib()  # before the evaluation, not after it
     trained = load_trained(args.checkpoint, resolve_device(args.device))
-    metrics = evaluate_trained(trained, args.dataset, args.root, args.split)
+    metrics = evaluate_trained(trained, args.dataset, args.root, args.split, topk=(1, args.topk), tta=args.tta)
+    metrics.setdefault("tta", False)
+    metrics["confused_pairs"] = confused_pairs(metrics["confusion"], trained.classes, limit=10)
+    if args.report:
+        files = write_report(metrics, trained.classes, args.report)
+        metrics["report"] = {name: str(path) for name, path in files.items()}
     if args.json:
         print(json.dumps({k: v for k, v in metrics.items() if k != "confusion"}))
-    else:
-        print(format_report(metrics))
+        return 0
+    print(format_report(metrics))
+    print(format_pairs(metrics["confused_pairs"]))
+    if args.report:
+        print(f"report: {', '.join(metrics['report'].values())}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import check_format, export_checkpoint
+
+    check_format(args.format)
+    written = export_checkpoint(args.checkpoint, args.format, args.out)
+    config = json.loads(written["config"].read_text())
+    given = config["input"]
+    line = (f"wrote {written['model']} and {written['config']}; input: {given['dtype']} {given['layout']} "
+            f"(batch, {given['channels']}, {given['size']}, {given['size']})")
+    line += ", pixels 0..255" if given["dtype"] == "uint8" else ", normalised as the JSON says"
+    if written["max_abs_diff"] is not None:
+        checker = "onnxruntime" if args.format == "onnx" else "torch.jit.load"
+        line += f"; checked with {checker}: max abs diff {written['max_abs_diff']:.2g}"
+    print(line)
     return 0
 
 
@@ -128,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     try:
         return args.handler(args)
+    except Interrupted as error:
+        print(f"nin: {error}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except NinError as error:
         print(f"nin: error: {error}", file=sys.stderr)
         return 2

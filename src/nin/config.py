@@ -50,6 +50,7 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | linear | step | constant
     step_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions, for "step"
     grad_clip: float = 0.0  # >0: clip the gradient norm
+    on_nan: str = "stop"  # stop | rollback (reload the last checkpoint, continue at a tenth of the lr)
     # running
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -59,11 +60,13 @@ class TrainConfig:
     eval_batch_size: int = 1024
     out: str = ""  # run folder; empty: runs/<recipe or dataset>-<time>
     progress: bool = True
+    tensorboard: bool = True  # TensorBoard scalars in RUN_DIR/tensorboard when tensorboard is installed
 
 
 SCHEDULES = ("cosine", "linear", "step", "constant")
 FLIPS = ("auto", "yes", "no")
 AMPS = ("auto", "bf16", "off")
+ON_NAN = ("stop", "rollback")
 _POSITIVE = ("epochs", "batch_size", "lr", "eval_batch_size")
 _NON_NEGATIVE = ("momentum", "weight_decay", "label_smoothing", "warmup_epochs", "dropout", "grad_clip",
                  "translate", "train_subset", "test_subset", "image_size", "channels", "seed")
@@ -82,7 +85,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         value = getattr(config, name)
         if not value >= 0 or (isinstance(value, float) and not math.isfinite(value)):
             raise NinError(f"{name.replace('_', '-')} must be zero or more, got {value}")
-    for name, choices in (("schedule", SCHEDULES), ("flip", FLIPS), ("amp", AMPS)):
+    for name, choices in (("schedule", SCHEDULES), ("flip", FLIPS), ("amp", AMPS), ("on_nan", ON_NAN)):
         if getattr(config, name) not in choices:
             raise NinError(f"{name} must be one of {', '.join(choices)}, got {getattr(config, name)!r}")
     if config.dropout >= 1:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,22 +16,40 @@ def autocast(device: torch.device, enabled: bool):
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, loader, classes: list[str], *, amp: bool = False) -> dict:
-    """Accuracy, error, mean loss, image count and per-class accuracy (class name -> 0..1)."""
+def evaluate(model: torch.nn.Module, loader, classes: list[str], *, amp: bool = False,
+             topk: Sequence[int] = (), tta: bool = False) -> dict:
+    """Accuracy, error, mean loss, image count and per-class accuracy (class name -> 0..1).
+
+    ``topk``: also the top-k accuracy for each k (capped at the class count), as ``metrics["topk"]``
+    {"k": 0..1}. ``tta``: average the logits of each image and its horizontal flip (only for data
+    whose class a flip preserves; the caller checks)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     num_classes = len(classes)
+    ks = sorted({min(int(k), num_classes) for k in topk})
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    topk_correct = torch.zeros(len(ks), dtype=torch.int64, device=device)
     for images, labels in loader:
         with autocast(device, amp):
             logits = model(images)
+            if tta:
+                logits = (logits.float() + model(images.flip(3)).float()) / 2
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
         predictions = logits.argmax(dim=1)
         confusion += torch.bincount(labels * num_classes + predictions, minlength=num_classes ** 2)
+        if ks:
+            hits = logits.topk(ks[-1], dim=1).indices == labels[:, None]  # (N, largest k)
+            topk_correct += torch.stack([hits[:, :k].any(dim=1).sum() for k in ks])
     model.train(was_training)
-    return summarize(confusion.view(num_classes, num_classes).cpu(), float(loss_sum), classes)
+    metrics = summarize(confusion.view(num_classes, num_classes).cpu(), float(loss_sum), classes)
+    if ks:
+        n = metrics["n"]
+        metrics["topk"] = {str(k): (int(c) / n if n else float("nan")) for k, c in zip(ks, topk_correct.tolist())}
+    if tta:
+        metrics["tta"] = True
+    return metrics
 
 
 def summarize(confusion: torch.Tensor, loss_sum: float, classes: list[str]) -> dict:
@@ -48,7 +67,10 @@ def summarize(confusion: torch.Tensor, loss_sum: float, classes: list[str]) -> d
 
 def format_report(metrics: dict) -> str:
     lines = [f"test accuracy {100 * metrics['accuracy']:.2f}% (error {100 * metrics['error']:.2f}%, "
-             f"{metrics['correct']}/{metrics['n']} images)"]
+             f"{metrics['correct']}/{metrics['n']} images{', flip TTA' if metrics.get('tta') else ''})"]
+    for k, accuracy in metrics.get("topk", {}).items():
+        if k != "1":
+            lines.append(f"top-{k} accuracy {100 * accuracy:.2f}%")
     width = max(len(name) for name in metrics["per_class"])
     for name, accuracy in metrics["per_class"].items():
         lines.append(f"  {name:<{width}}  {100 * accuracy:6.2f}%")

@@ -1,13 +1,13 @@
 """A trained model back from its checkpoint, ready to evaluate and predict with what training applied."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .checkpoint import load_checkpoint
-from .data import DeviceLoader, Normalize, load_dataset, load_image
+from .data import DATASETS, DeviceLoader, Normalize, dataset_info, load_dataset, load_image
 from .errors import NinError
 from .evaluate import evaluate
 from .models import NIN, create_model
@@ -22,6 +22,8 @@ class Trained:
     channels: int
     dataset: str
     config: dict
+    name: str = ""  # the model variant and the arguments that rebuild it (for exports)
+    kwargs: dict = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
@@ -39,13 +41,19 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
     model.to(device).eval()
     norm = state["normalization"]
     return Trained(model, list(state["classes"]), Normalize(norm["mean"], norm["std"]), state["input"]["size"],
-                   state["input"]["channels"], state["input"]["dataset"], state["config"])
+                   state["input"]["channels"], state["input"]["dataset"], state["config"],
+                   state["model_name"], dict(state["model_kwargs"]))
 
 
 def evaluate_trained(trained: Trained, dataset: str | None = None, root: str | None = None,
-                     split: str = "test", batch_size: int = 1024) -> dict:
-    """Accuracy of a trained model on a split (by default the test split of the data it was trained on)."""
+                     split: str = "test", batch_size: int = 1024, *, topk: tuple[int, ...] = (),
+                     tta: bool = False) -> dict:
+    """Accuracy of a trained model on a split (by default the test split of the data it was trained on).
+    ``topk``: also these top-k accuracies; ``tta``: flip test-time augmentation (refused for data sets
+    whose class a horizontal flip may change, such as digits)."""
     name = dataset or trained.dataset
+    if tta:
+        check_tta(name)
     if root is None and dataset is None:  # the training data, where training found it
         root = trained.config.get("root") or None
     data = load_dataset(name, root, split, image_size=trained.size, channels=trained.channels)
@@ -55,7 +63,15 @@ def evaluate_trained(trained: Trained, dataset: str | None = None, root: str | N
         raise NinError(f"{name} images are {tuple(data.images.shape[1:])}; the model was trained on "
                        f"{(trained.channels, trained.size, trained.size)}")
     loader = DeviceLoader(data.images, data.labels, trained.normalize, batch_size=batch_size, device=trained.device)
-    return evaluate(trained.model, loader, trained.classes)
+    return evaluate(trained.model, loader, trained.classes, topk=topk, tta=tta)
+
+
+def check_tta(dataset: str) -> None:
+    info = dataset_info(dataset)
+    if not info.flip:
+        allowed = ", ".join(name for name, other in DATASETS.items() if other.flip)
+        raise NinError(f"--tta is not offered for {info.title}: it averages each image with its horizontal flip, "
+                       f"which can change a {info.title} image's class; data sets that allow it: {allowed}")
 
 
 @torch.inference_mode()

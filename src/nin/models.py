@@ -7,6 +7,7 @@ layer for layer, with the same parameter names (``features1.0.weight`` ...), so 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -237,9 +238,14 @@ def _variant(name: str) -> VariantInfo:
     return VARIANTS[name]
 
 
-def create_model(name: str, **kwargs) -> NIN:
-    """Build a named variant; keyword arguments override its defaults (see ``NIN``)."""
+def create_model(name: str, *, weights: str | os.PathLike | None = None, **kwargs) -> NIN:
+    """Build a named variant; keyword arguments override its defaults (see ``NIN``). ``weights``: a
+    ``.safetensors`` file from ``nin export``, loaded with the arguments in the JSON beside it."""
     _variant(name)
+    if weights is not None:
+        from .export import load_weights  # lazy: safetensors only when weights are asked for
+
+        return load_weights(name, weights, **kwargs)
     try:
         return _REGISTRY[name](**kwargs)
     except TypeError as error:

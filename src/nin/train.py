@@ -1,7 +1,9 @@
 """Training: ``fit(config)`` runs a recipe end to end and leaves a run folder.
 
 Run folder: ``config.json`` (the resolved config), ``metrics.csv`` (one row per epoch) and
-``checkpoint.pt`` (written atomically after every epoch; see checkpoint.py for its contents).
+``checkpoint.pt`` (written atomically at the start, after every epoch and when a stop signal arrives;
+see checkpoint.py for its contents). Resuming continues from the exact batch: the data order depends
+only on (seed, epoch) and the checkpoint holds the RNG states, so the weights come out bit-identical.
 """
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import csv
 import dataclasses
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +27,7 @@ from .data import DeviceLoader, Normalize, dataset_info, load_dataset
 from .errors import NinError
 from .evaluate import autocast, evaluate, format_report
 from .models import create_model, default_cfg
+from .tblog import TensorBoardLog
 
 METRIC_FIELDS = ["epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
 
@@ -118,93 +123,225 @@ def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
 
 @dataclass
 class RunState:
-    """What changes during training, besides the model and optimizer."""
+    """What changes during training besides the weights and the optimizer; saved in every checkpoint."""
 
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
+    batch: int = 0  # batches done in the current, unfinished epoch (non-zero after an interruption)
+    loss_sum: float = 0.0  # the current epoch's running sums, for its metrics row
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0  # time spent in the current epoch before an interruption
+    lr_scale: float = 1.0  # divided by 10 at each rollback after a non-finite loss
+    rollbacks: int = 0
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after a checkpoint; ``nin train --resume`` continues it."""
+
+
+class NonFiniteLoss(Exception):
+    pass
+
+
+MAX_ROLLBACKS = 3
 
 
 def fit(config: TrainConfig, *, resume: str | None = None, log=print) -> dict:
-    """Train (or resume) a run; returns the final test metrics with ``run_dir`` added."""
-    resumed = ckpt.load_checkpoint(resume) if resume else None
-    config = validate(config)
-    device = resolve_device(config.device)
-    run_dir = _run_folder(config, resume)
-    torch.manual_seed(config.seed)
-    data = prepare_data(config, device)
-    model_kwargs = model_arguments(config, len(data.classes), data.channels, data.size)
-    model = create_model(config.model, **model_kwargs).to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, config)
-    state = RunState()
-    if resumed is not None:
-        _restore(resumed, model, optimizer, state)
-    _write_config(run_dir, config)
-    trainer = torch.compile(model) if config.compile else model
-    amp = config.amp == "bf16" or (config.amp == "auto" and device.type == "cuda")
-    total_steps = config.epochs * len(data.train)
-    log(f"training {config.model} on {dataset_info(config.dataset).title} ({len(data.train.images)} images, "
-        f"{len(data.classes)} classes) for {config.epochs} epochs on {device}; run folder {run_dir}")
-    metrics = None
-    while state.epoch < config.epochs:
-        started = time.perf_counter()
-        data.train.set_epoch(state.epoch)
-        train_loss, train_acc = train_one_epoch(trainer, optimizer, data.train, state, total_steps, config, amp)
-        metrics = evaluate(trainer, data.test, data.classes, amp=amp)
-        state.epoch += 1
-        row = dict(epoch=state.epoch, step=state.step, train_loss=train_loss, train_acc=train_acc,
-                   test_loss=metrics["loss"], test_acc=metrics["accuracy"], lr=optimizer.param_groups[0]["lr"],
-                   seconds=time.perf_counter() - started)
-        _save(run_dir, model, optimizer, state, config, data, model_kwargs)
-        _append_metrics(run_dir, row)
-        log(f"epoch {state.epoch}/{config.epochs}  loss {train_loss:.4f}  train {100 * train_acc:.2f}%  "
-            f"test {100 * metrics['accuracy']:.2f}%  lr {row['lr']:.4g}  {row['seconds']:.1f}s")
-        _warn_if_stuck(train_loss, len(data.classes), state.epoch, config, log)
-    if metrics is None:  # resumed a finished run: evaluate it once more
-        metrics = evaluate(trainer, data.test, data.classes, amp=amp)
+    """Train (or resume) a run; returns the final test metrics with ``run_dir`` added.
+
+    SIGINT/SIGTERM finish the current step, write a checkpoint and raise ``Interrupted``."""
+    run = Run(validate(config), resume, log)
+    try:
+        with StopSignals() as stop:
+            metrics = run.train(stop)
+    finally:
+        run.tensorboard.close()
     log(format_report(metrics))
-    log(f"run folder: {run_dir}")
-    return {**metrics, "run_dir": str(run_dir)}
+    log(f"run folder: {run.run_dir}")
+    return {**metrics, "run_dir": str(run.run_dir)}
 
 
-def train_one_epoch(model, optimizer, loader: DeviceLoader, state: RunState, total_steps: int,
-                    config: TrainConfig, amp: bool) -> tuple[float, float]:
-    """One pass over the training loader; returns (mean loss, accuracy) on the augmented batches."""
-    model.train()
-    device = loader.images.device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = 0
-    bar = tqdm(loader, desc=f"epoch {state.epoch + 1}", leave=False, disable=not config.progress,
-               dynamic_ncols=True)
-    for batch_index, (images, labels) in enumerate(bar):
-        lr = lr_at(state.step, total_steps, config)
-        for group in optimizer.param_groups:
+class Run:
+    """One training run: its data, model, optimizer and state, and the folder it writes."""
+
+    def __init__(self, config: TrainConfig, resume: str | None, log):
+        resumed = ckpt.load_checkpoint(resume) if resume else None
+        self.config, self.log = config, log
+        self.device = resolve_device(config.device)
+        self.run_dir = _run_folder(config, resume)
+        torch.manual_seed(config.seed)
+        self.data = prepare_data(config, self.device)
+        self.model_kwargs = model_arguments(config, len(self.data.classes), self.data.channels, self.data.size)
+        self.model = create_model(config.model, **self.model_kwargs).to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = make_optimizer(self.model, config)
+        self.state = RunState()
+        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.amp = config.amp == "bf16" or (config.amp == "auto" and self.device.type == "cuda")
+        self.total_steps = config.epochs * len(self.data.train)
+        _write_config(self.run_dir, config)
+        self.tensorboard = TensorBoardLog(self.run_dir / "tensorboard", enabled=config.tensorboard)
+        if resumed is not None:
+            self.restore(resumed)
+            _truncate_metrics(self.run_dir, self.state.epoch)
+        else:
+            self.save()  # step 0: a last good checkpoint exists from the start
+
+    def train(self, stop: "StopSignals") -> dict:
+        config = self.config
+        self.log(f"training {config.model} on {dataset_info(config.dataset).title} "
+                 f"({len(self.data.train.images)} images, {len(self.data.classes)} classes) for {config.epochs} "
+                 f"epochs on {self.device}; run folder {self.run_dir}")
+        metrics = None
+        while self.state.epoch < config.epochs:
+            if stop.received:
+                self.save()
+                raise Interrupted(f"{stop.received} received: stopped at epoch {self.state.epoch + 1}, batch "
+                                  f"{self.state.batch}/{len(self.data.train)}, checkpoint saved; continue with: "
+                                  f"nin train --resume {self.run_dir}")
+            try:
+                finished = self.train_epoch(stop)
+            except NonFiniteLoss as error:
+                self.rollback(str(error))
+                continue
+            if finished:
+                metrics = self.end_epoch()
+        return metrics or evaluate(self.forward, self.data.test, self.data.classes, amp=self.amp)
+
+    def train_epoch(self, stop: "StopSignals") -> bool:
+        """Train from the state's batch to the end of the epoch; False if a stop signal came first."""
+        state, loader, config = self.state, self.data.train, self.config
+        self.model.train()
+        loader.set_epoch(state.epoch)
+        loss_sum = torch.tensor(state.loss_sum, device=self.device)
+        correct = torch.tensor(state.correct, device=self.device)
+        started = time.perf_counter() - state.seconds
+        bar = tqdm(loader.batches(start=state.batch), desc=f"epoch {state.epoch + 1}", leave=False,
+                   disable=not config.progress, dynamic_ncols=True, initial=state.batch, total=len(loader))
+        for images, labels in bar:
+            lr = self.set_lr()
+            loss, logits = self.step(images, labels)
+            loss_sum += loss.detach() * len(labels)
+            correct += (logits.detach().argmax(1) == labels).sum()
+            state.seen += len(labels)
+            state.batch += 1
+            if state.batch % 25 == 0 or state.batch == len(loader):  # the only host syncs of the epoch
+                self.check_finite(loss_sum, lr)
+                bar.set_postfix(loss=f"{float(loss_sum) / state.seen:.4f}", lr=f"{lr:.4g}", refresh=False)
+            if stop.received:
+                break
+        bar.close()
+        state.loss_sum, state.correct = float(loss_sum), int(correct)
+        state.seconds = time.perf_counter() - started
+        return state.batch == len(loader)
+
+    def set_lr(self) -> float:
+        lr = lr_at(self.state.step, self.total_steps, self.config) * self.state.lr_scale
+        for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with autocast(device, amp):
-            logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
+        return lr
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor):
+        with autocast(self.device, self.amp):
+            logits = self.forward(images)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        state.step += 1
-        loss_sum += loss.detach() * len(labels)
-        correct += (logits.detach().argmax(1) == labels).sum()
-        seen += len(labels)
-        if batch_index % 25 == 0:  # the only host sync inside the epoch: progress and the NaN check
-            _check_finite(loss_sum, state, lr)
-            bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", lr=f"{lr:.4g}", refresh=False)
-    _check_finite(loss_sum, state, optimizer.param_groups[0]["lr"])
-    return float(loss_sum) / seen, int(correct) / seen
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.state.step += 1
+        return loss, logits
+
+    def check_finite(self, loss_sum: torch.Tensor, lr: float) -> None:
+        if not torch.isfinite(loss_sum):
+            raise NonFiniteLoss(f"the loss became non-finite by step {self.state.step} (epoch {self.state.epoch + 1},"
+                                f" lr {lr:.4g})")
+
+    def end_epoch(self) -> dict:
+        state = self.state
+        metrics = evaluate(self.forward, self.data.test, self.data.classes, amp=self.amp)
+        train_loss, train_acc = state.loss_sum / state.seen, state.correct / state.seen
+        row = dict(epoch=state.epoch + 1, step=state.step, train_loss=train_loss, train_acc=train_acc,
+                   test_loss=metrics["loss"], test_acc=metrics["accuracy"], lr=self.optimizer.param_groups[0]["lr"],
+                   seconds=state.seconds)
+        self.state = dataclasses.replace(RunState(), epoch=state.epoch + 1, step=state.step,
+                                         lr_scale=state.lr_scale, rollbacks=state.rollbacks)
+        self.save()
+        _append_metrics(self.run_dir, row)
+        self.tensorboard.log_epoch(row, row["step"])
+        self.log(f"epoch {row['epoch']}/{self.config.epochs}  loss {train_loss:.4f}  train {100 * train_acc:.2f}%  "
+                 f"test {100 * metrics['accuracy']:.2f}%  lr {row['lr']:.4g}  {row['seconds']:.1f}s")
+        _warn_if_stuck(train_loss, len(self.data.classes), row["epoch"], self.config, self.log)
+        return metrics
+
+    def rollback(self, problem: str) -> None:
+        """After a non-finite loss: stop (the default) or reload the last checkpoint at a tenth of the lr."""
+        path = self.run_dir / ckpt.CHECKPOINT_NAME
+        last = ckpt.load_checkpoint(path)
+        where = f"the last good checkpoint is {path} (epoch {last['epoch']}, step {last['step']})"
+        if self.config.on_nan != "rollback" or self.state.rollbacks >= MAX_ROLLBACKS:
+            tried = f" after {self.state.rollbacks} rollbacks" if self.state.rollbacks else ""
+            raise NinError(f"{problem}{tried}; {where}; lower --lr, add --grad-clip, or use --on-nan rollback")
+        rollbacks = self.state.rollbacks + 1
+        self.restore(last)
+        self.state.lr_scale /= 10
+        self.state.rollbacks = rollbacks
+        self.log(f"warning: {problem}; rolled back to step {last['step']} with the learning rate divided by "
+                 f"{round(1 / self.state.lr_scale)} (rollback {rollbacks} of {MAX_ROLLBACKS})")
+
+    def save(self) -> None:
+        config, data = self.config, self.data
+        path = self.run_dir / ckpt.CHECKPOINT_NAME
+        try:
+            ckpt.atomic_save({
+                "format": ckpt.FORMAT, "version": ckpt.VERSION,
+                "model_name": config.model, "model_kwargs": self.model_kwargs, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "epoch": self.state.epoch, "step": self.state.step,
+                "state": dataclasses.asdict(self.state), "rng": ckpt.capture_rng(),
+                "config": dataclasses.asdict(config), "classes": data.classes,
+                "normalization": data.normalize.state_dict(),
+                "input": {"size": data.size, "channels": data.channels, "dataset": config.dataset},
+            }, path)
+        except OSError as error:
+            raise NinError(f"could not write the checkpoint {path} ({error.strerror or error}); the previous "
+                           f"checkpoint is intact: free some space, then continue with --resume {self.run_dir}") from None
+
+    def restore(self, saved: dict) -> None:
+        try:
+            self.model.load_state_dict(saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise NinError(f"the checkpoint does not fit this run's model or optimizer "
+                           f"({str(error).splitlines()[0]})") from None
+        self.state = RunState(**saved["state"])
+        ckpt.restore_rng(saved["rng"])
 
 
-def _check_finite(loss_sum: torch.Tensor, state: RunState, lr: float) -> None:
-    if not torch.isfinite(loss_sum):
-        raise NinError(f"the loss became non-finite by step {state.step} (epoch {state.epoch + 1}, lr {lr:.4g}); "
-                       f"lower --lr or add --grad-clip; the last good checkpoint is from epoch {state.epoch}")
+class StopSignals:
+    """SIGINT and SIGTERM ask the training loop to stop after the current step; a second SIGINT stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: str | None = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def _warn_if_stuck(train_loss: float, num_classes: int, epoch: int, config: TrainConfig, log) -> None:
@@ -234,6 +371,17 @@ def _write_config(run_dir: Path, config: TrainConfig) -> None:
     (run_dir / "config.json").write_text(text)
 
 
+def _truncate_metrics(run_dir: Path, epochs: int) -> None:
+    """Drop rows of epochs after the checkpoint (written just before a crash), so none appears twice."""
+    path = run_dir / "metrics.csv"
+    if path.exists():
+        with open(path, newline="") as stream:
+            rows = [row for row in csv.DictReader(stream) if int(row["epoch"]) <= epochs]
+        path.unlink()
+        for row in rows:
+            _append_metrics(run_dir, row)
+
+
 def _append_metrics(run_dir: Path, row: dict) -> None:
     path = run_dir / "metrics.csv"
     new = not path.exists()
@@ -242,18 +390,6 @@ def _append_metrics(run_dir: Path, row: dict) -> None:
         if new:
             writer.writeheader()
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-
-
-def _save(run_dir: Path, model, optimizer, state: RunState, config: TrainConfig, data: Data,
-          model_kwargs: dict) -> None:
-    ckpt.atomic_save({
-        "format": ckpt.FORMAT, "version": ckpt.VERSION,
-        "model_name": config.model, "model_kwargs": model_kwargs, "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(), "epoch": state.epoch, "step": state.step,
-        "rng": ckpt.capture_rng(), "config": dataclasses.asdict(config), "classes": data.classes,
-        "normalization": data.normalize.state_dict(),
-        "input": {"size": data.size, "channels": data.channels, "dataset": config.dataset},
-    }, run_dir / ckpt.CHECKPOINT_NAME)
 
 
 RESUME_OVERRIDES = ("epochs", "device", "progress")
@@ -267,10 +403,3 @@ def resume_config(run: str, overrides: dict) -> TrainConfig:
         raise NinError(f"--resume continues a run with its own settings; only --epochs, --device and "
                        f"--progress may change, not --{refused[0].replace('_', '-')}")
     return dataclasses.replace(config, **overrides)
-
-
-def _restore(resumed: dict, model, optimizer, state: RunState) -> None:
-    model.load_state_dict(resumed["model"])
-    optimizer.load_state_dict(resumed["optimizer"])
-    state.epoch, state.step = resumed["epoch"], resumed["step"]
-    ckpt.restore_rng(resumed["rng"])
