@@ -7,6 +7,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .distributed import all_reduce_sum
+
 
 def autocast(device: torch.device, enabled: bool):
     """bf16 autocast on CUDA when enabled; a no-op elsewhere (this project's CPUs lack fast bf16)."""
@@ -43,6 +45,8 @@ def evaluate(model: torch.nn.Module, loader, classes: list[str], *, amp: bool = 
             hits = logits.topk(ks[-1], dim=1).indices == labels[:, None]  # (N, largest k)
             topk_correct += torch.stack([hits[:, :k].any(dim=1).sum() for k in ks])
     model.train(was_training)
+    for total in (loss_sum, confusion, topk_correct):  # each process evaluated its own shard
+        all_reduce_sum(total)
     metrics = summarize(confusion.view(num_classes, num_classes).cpu(), float(loss_sum), classes)
     if ks:
         n = metrics["n"]

@@ -27,6 +27,8 @@ from .data import DeviceLoader, Normalize, dataset_info, load_dataset
 from .errors import NinError
 from .evaluate import autocast, evaluate, format_report
 from .models import create_model, default_cfg
+from .distributed import (World, all_reduce_sum, any_process, broadcast_from_main, close_world, device_for,
+                          init_world, local_batch_size, wrap)
 from .tblog import TensorBoardLog
 
 METRIC_FIELDS = ["epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
@@ -58,7 +60,7 @@ class Data:
     size: int
 
 
-def prepare_data(config: TrainConfig, device: torch.device, rank: int = 0, world_size: int = 1) -> Data:
+def prepare_data(config: TrainConfig, device: torch.device, world: World = World()) -> Data:
     info = dataset_info(config.dataset)
     model_cfg = default_cfg(config.model)
     size = config.image_size or (info.size if config.dataset != "folder" else model_cfg.input_size)
@@ -70,13 +72,14 @@ def prepare_data(config: TrainConfig, device: torch.device, rank: int = 0, world
         raise NinError(f"the test split's classes {test.classes} differ from the training split's {train.classes}")
     train_images, train_labels = _first(train.images, config.train_subset), _first(train.labels, config.train_subset)
     test_images, test_labels = _first(test.images, config.test_subset), _first(test.labels, config.test_subset)
-    if len(train_images) < config.batch_size * world_size:
+    if len(train_images) < config.batch_size:
         raise NinError(f"{len(train_images)} training images are fewer than one batch of {config.batch_size}; "
                        "lower --batch-size")
     normalize = Normalize.fit(train_images)  # fitted on the training images only
     flip = info.flip if config.flip == "auto" else config.flip == "yes"
-    common = dict(device=device, channels_last=config.channels_last, rank=rank, world_size=world_size)
-    train_loader = DeviceLoader(train_images, train_labels, normalize, batch_size=config.batch_size, train=True,
+    common = dict(device=device, channels_last=config.channels_last, rank=world.rank, world_size=world.size)
+    batch_size = local_batch_size(config.batch_size, world)  # each process takes its share of a global batch
+    train_loader = DeviceLoader(train_images, train_labels, normalize, batch_size=batch_size, train=True,
                                 translate=config.translate, flip=flip, seed=config.seed, **common)
     test_loader = DeviceLoader(test_images, test_labels, normalize, batch_size=config.eval_batch_size, **common)
     return Data(train_loader, test_loader, train.classes, normalize, int(train_images.shape[1]),
@@ -151,41 +154,55 @@ def fit(config: TrainConfig, *, resume: str | None = None, log=print) -> dict:
     """Train (or resume) a run; returns the final test metrics with ``run_dir`` added.
 
     SIGINT/SIGTERM finish the current step, write a checkpoint and raise ``Interrupted``."""
-    run = Run(validate(config), resume, log)
+    world = init_world(config.device)
     try:
-        with StopSignals() as stop:
-            metrics = run.train(stop)
+        run = Run(validate(config), resume, log if world.is_main else _silent, world)
+        try:
+            with StopSignals() as stop:
+                metrics = run.train(stop)
+        finally:
+            run.tensorboard.close()
     finally:
-        run.tensorboard.close()
-    log(format_report(metrics))
-    log(f"run folder: {run.run_dir}")
+        close_world(world)
+    run.log(format_report(metrics))
+    run.log(f"run folder: {run.run_dir}")
     return {**metrics, "run_dir": str(run.run_dir)}
+
+
+def _silent(*_) -> None:
+    pass
 
 
 class Run:
     """One training run: its data, model, optimizer and state, and the folder it writes."""
 
-    def __init__(self, config: TrainConfig, resume: str | None, log):
+    def __init__(self, config: TrainConfig, resume: str | None, log, world: World = World()):
         resumed = ckpt.load_checkpoint(resume) if resume else None
-        self.config, self.log = config, log
-        self.device = resolve_device(config.device)
-        self.run_dir = _run_folder(config, resume)
+        self.config, self.log, self.world = config, log, world
+        self.device = device_for(world, resolve_device(config.device))
+        self.run_dir = _shared_run_folder(config, resume, world)
         torch.manual_seed(config.seed)
-        self.data = prepare_data(config, self.device)
+        self.data = prepare_data(config, self.device, world)
         self.model_kwargs = model_arguments(config, len(self.data.classes), self.data.channels, self.data.size)
         self.model = create_model(config.model, **self.model_kwargs).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = make_optimizer(self.model, config)
         self.state = RunState()
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        if world.active:  # the same initial weights everywhere (DDP broadcasts them), other dropout masks
+            torch.manual_seed(config.seed * 1000 + world.rank)
+        self.forward = wrap(self.model, world, self.device)
+        if config.compile:
+            self.forward = torch.compile(self.forward)
         self.amp = config.amp == "bf16" or (config.amp == "auto" and self.device.type == "cuda")
         self.total_steps = config.epochs * len(self.data.train)
-        _write_config(self.run_dir, config)
-        self.tensorboard = TensorBoardLog(self.run_dir / "tensorboard", enabled=config.tensorboard)
+        if world.is_main:
+            _write_config(self.run_dir, config)
+        self.tensorboard = TensorBoardLog(self.run_dir / "tensorboard", enabled=config.tensorboard and world.is_main)
         if resumed is not None:
             self.restore(resumed)
-            _truncate_metrics(self.run_dir, self.state.epoch)
+            if world.is_main:
+                _truncate_metrics(self.run_dir, self.state.epoch)
         else:
             self.save()  # step 0: a last good checkpoint exists from the start
 
@@ -196,7 +213,7 @@ class Run:
                  f"epochs on {self.device}; run folder {self.run_dir}")
         metrics = None
         while self.state.epoch < config.epochs:
-            if stop.received:
+            if any_process(stop.received is not None, self.device):
                 self.save()
                 raise Interrupted(f"{stop.received} received: stopped at epoch {self.state.epoch + 1}, batch "
                                   f"{self.state.batch}/{len(self.data.train)}, checkpoint saved; continue with: "
@@ -230,6 +247,9 @@ class Run:
             if state.batch % 25 == 0 or state.batch == len(loader):  # the only host syncs of the epoch
                 self.check_finite(loss_sum, lr)
                 bar.set_postfix(loss=f"{float(loss_sum) / state.seen:.4f}", lr=f"{lr:.4g}", refresh=False)
+            if self.world.active:
+                stop.received = stop.received or ("SIGTERM" if any_process(stop.received is not None, self.device)
+                                                  else None)
             if stop.received:
                 break
         bar.close()
@@ -256,21 +276,24 @@ class Run:
         return loss, logits
 
     def check_finite(self, loss_sum: torch.Tensor, lr: float) -> None:
-        if not torch.isfinite(loss_sum):
+        if any_process(not torch.isfinite(loss_sum), self.device):
             raise NonFiniteLoss(f"the loss became non-finite by step {self.state.step} (epoch {self.state.epoch + 1},"
                                 f" lr {lr:.4g})")
 
     def end_epoch(self) -> dict:
         state = self.state
         metrics = evaluate(self.forward, self.data.test, self.data.classes, amp=self.amp)
-        train_loss, train_acc = state.loss_sum / state.seen, state.correct / state.seen
+        totals = all_reduce_sum(torch.tensor([state.loss_sum, state.correct, state.seen], dtype=torch.float64,
+                                             device=self.device)).tolist()
+        train_loss, train_acc = totals[0] / totals[2], totals[1] / totals[2]
         row = dict(epoch=state.epoch + 1, step=state.step, train_loss=train_loss, train_acc=train_acc,
                    test_loss=metrics["loss"], test_acc=metrics["accuracy"], lr=self.optimizer.param_groups[0]["lr"],
                    seconds=state.seconds)
         self.state = dataclasses.replace(RunState(), epoch=state.epoch + 1, step=state.step,
                                          lr_scale=state.lr_scale, rollbacks=state.rollbacks)
         self.save()
-        _append_metrics(self.run_dir, row)
+        if self.world.is_main:
+            _append_metrics(self.run_dir, row)
         self.tensorboard.log_epoch(row, row["step"])
         self.log(f"epoch {row['epoch']}/{self.config.epochs}  loss {train_loss:.4f}  train {100 * train_acc:.2f}%  "
                  f"test {100 * metrics['accuracy']:.2f}%  lr {row['lr']:.4g}  {row['seconds']:.1f}s")
@@ -293,6 +316,8 @@ class Run:
                  f"{round(1 / self.state.lr_scale)} (rollback {rollbacks} of {MAX_ROLLBACKS})")
 
     def save(self) -> None:
+        if not self.world.is_main:
+            return
         config, data = self.config, self.data
         path = self.run_dir / ckpt.CHECKPOINT_NAME
         try:
@@ -364,6 +389,20 @@ def _run_folder(config: TrainConfig, resume: str | None) -> Path:
         raise NinError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def _shared_run_folder(config: TrainConfig, resume: str | None, world: World) -> Path:
+    """Rank 0 picks (and checks) the run folder; every process learns it, or the same error."""
+    outcome = None
+    if world.is_main:
+        try:
+            outcome = ("ok", str(_run_folder(config, resume)))
+        except NinError as error:
+            outcome = ("error", str(error))
+    kind, value = broadcast_from_main(outcome)
+    if kind == "error":
+        raise NinError(value)
+    return Path(value)
 
 
 def _write_config(run_dir: Path, config: TrainConfig) -> None:
