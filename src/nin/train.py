@@ -191,9 +191,10 @@ class Run:
         self.state = RunState()
         if world.active:  # the same initial weights everywhere (DDP broadcasts them), other dropout masks
             torch.manual_seed(config.seed * 1000 + world.rank)
-        self.forward = wrap(self.model, world, self.device)
+        self.forward = wrap(self.model, world, self.device)  # for training steps (DDP when several processes)
+        self.evaluator = self.model  # evaluation needs no gradient sync
         if config.compile:
-            self.forward = torch.compile(self.forward)
+            self.forward, self.evaluator = torch.compile(self.forward), torch.compile(self.model)
         self.amp = config.amp == "bf16" or (config.amp == "auto" and self.device.type == "cuda")
         self.total_steps = config.epochs * len(self.data.train)
         if world.is_main:
@@ -215,9 +216,9 @@ class Run:
         while self.state.epoch < config.epochs:
             if any_process(stop.received is not None, self.device):
                 self.save()
-                raise Interrupted(f"{stop.received} received: stopped at epoch {self.state.epoch + 1}, batch "
-                                  f"{self.state.batch}/{len(self.data.train)}, checkpoint saved; continue with: "
-                                  f"nin train --resume {self.run_dir}")
+                raise Interrupted(f"{stop.received or 'a stop signal'} received: stopped at epoch "
+                                  f"{self.state.epoch + 1}, batch {self.state.batch}/{len(self.data.train)}, "
+                                  f"checkpoint saved; continue with: nin train --resume {self.run_dir}")
             try:
                 finished = self.train_epoch(stop)
             except NonFiniteLoss as error:
@@ -225,7 +226,7 @@ class Run:
                 continue
             if finished:
                 metrics = self.end_epoch()
-        return metrics or evaluate(self.forward, self.data.test, self.data.classes, amp=self.amp)
+        return metrics or evaluate(self.evaluator, self.data.test, self.data.classes, amp=self.amp)
 
     def train_epoch(self, stop: "StopSignals") -> bool:
         """Train from the state's batch to the end of the epoch; False if a stop signal came first."""
@@ -237,6 +238,14 @@ class Run:
         started = time.perf_counter() - state.seconds
         bar = tqdm(loader.batches(start=state.batch), desc=f"epoch {state.epoch + 1}", leave=False,
                    disable=not config.progress, dynamic_ncols=True, initial=state.batch, total=len(loader))
+        with bar:
+            self.run_batches(bar, loss_sum, correct, stop)
+        state.loss_sum, state.correct = float(loss_sum), int(correct)
+        state.seconds = time.perf_counter() - started
+        return state.batch == len(loader)
+
+    def run_batches(self, bar, loss_sum: torch.Tensor, correct: torch.Tensor, stop: "StopSignals") -> None:
+        state, loader = self.state, self.data.train
         for images, labels in bar:
             lr = self.set_lr()
             loss, logits = self.step(images, labels)
@@ -247,15 +256,8 @@ class Run:
             if state.batch % 25 == 0 or state.batch == len(loader):  # the only host syncs of the epoch
                 self.check_finite(loss_sum, lr)
                 bar.set_postfix(loss=f"{float(loss_sum) / state.seen:.4f}", lr=f"{lr:.4g}", refresh=False)
-            if self.world.active:
-                stop.received = stop.received or ("SIGTERM" if any_process(stop.received is not None, self.device)
-                                                  else None)
-            if stop.received:
+            if any_process(stop.received is not None, self.device):  # all processes stop at the same step
                 break
-        bar.close()
-        state.loss_sum, state.correct = float(loss_sum), int(correct)
-        state.seconds = time.perf_counter() - started
-        return state.batch == len(loader)
 
     def set_lr(self) -> float:
         lr = lr_at(self.state.step, self.total_steps, self.config) * self.state.lr_scale
@@ -282,7 +284,7 @@ class Run:
 
     def end_epoch(self) -> dict:
         state = self.state
-        metrics = evaluate(self.forward, self.data.test, self.data.classes, amp=self.amp)
+        metrics = evaluate(self.evaluator, self.data.test, self.data.classes, amp=self.amp)
         totals = all_reduce_sum(torch.tensor([state.loss_sum, state.correct, state.seen], dtype=torch.float64,
                                              device=self.device)).tolist()
         train_loss, train_acc = totals[0] / totals[2], totals[1] / totals[2]
@@ -308,10 +310,9 @@ class Run:
         if self.config.on_nan != "rollback" or self.state.rollbacks >= MAX_ROLLBACKS:
             tried = f" after {self.state.rollbacks} rollbacks" if self.state.rollbacks else ""
             raise NinError(f"{problem}{tried}; {where}; lower --lr, add --grad-clip, or use --on-nan rollback")
-        rollbacks = self.state.rollbacks + 1
+        rollbacks, lr_scale = self.state.rollbacks + 1, self.state.lr_scale / 10
         self.restore(last)
-        self.state.lr_scale /= 10
-        self.state.rollbacks = rollbacks
+        self.state.lr_scale, self.state.rollbacks = lr_scale, rollbacks
         self.log(f"warning: {problem}; rolled back to step {last['step']} with the learning rate divided by "
                  f"{round(1 / self.state.lr_scale)} (rollback {rollbacks} of {MAX_ROLLBACKS})")
 
@@ -332,7 +333,8 @@ class Run:
             }, path)
         except OSError as error:
             raise NinError(f"could not write the checkpoint {path} ({error.strerror or error}); the previous "
-                           f"checkpoint is intact: free some space, then continue with --resume {self.run_dir}") from None
+                           f"checkpoint is intact: free some space, then continue with --resume {self.run_dir}"
+                           ) from None
 
     def restore(self, saved: dict) -> None:
         try:
