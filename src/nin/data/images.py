@@ -1,0 +1,44 @@
+"""Image files -> uint8 tensors of the size and channel count a model was trained on."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import NinError
+
+
+def load_image(path: str | Path, size: int, channels: int) -> torch.Tensor:
+    """(channels, size, size) uint8. Palette, alpha and 16-bit images are converted; alpha is dropped."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                image = _to_8bit(image)
+                image = image.convert("L" if channels == 1 else "RGB")
+                image = image.resize((size, size), Image.Resampling.BILINEAR)
+    except FileNotFoundError:
+        raise NinError(f"image {path} does not exist") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
+            Image.DecompressionBombError) as error:  # UnidentifiedImageError is an OSError
+        raise NinError(f"{path} is not a readable image ({error}): expected a PNG, JPEG or similar file") from None
+    array = np.asarray(image, dtype=np.uint8)
+    array = array[:, :, None] if array.ndim == 2 else array
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16- and 32-bit grey images are scaled to 0..255 (PIL's own conversion would clip them)."""
+    if image.mode == "P":
+        return image.convert("RGBA")
+    if image.mode.startswith("I") or image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        if image.mode == "F" and values.max(initial=0) <= 1.0:
+            top = 1.0
+        return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    return image

@@ -1,0 +1,119 @@
+"""A batched loader over a whole uint8 data set held on the training device (airbench style).
+
+No per-image Python work: each batch is one gather, one random-translation gather and one flip,
+done as tensor operations on the device. The order and the augmentation of an epoch depend only on
+(seed, epoch), so a resumed run sees exactly the batches it would have seen.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import torch
+
+
+class Normalize:
+    """Per-channel (x - mean) / std with mean and std on the 0..1 scale; fitted on training images."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+
+    @classmethod
+    def fit(cls, images: torch.Tensor, chunk: int = 8192) -> "Normalize":
+        channels = images.shape[1]
+        total = torch.zeros(channels, dtype=torch.float64)
+        squares = torch.zeros(channels, dtype=torch.float64)
+        for start in range(0, len(images), chunk):  # chunked: a float copy of SVHN would be 7 GB
+            part = images[start:start + chunk].to(torch.float64) / 255.0
+            total += part.sum(dim=(0, 2, 3))
+            squares += (part * part).sum(dim=(0, 2, 3))
+        count = images.numel() / channels
+        mean = total / count
+        std = (squares / count - mean * mean).clamp_min(1e-12).sqrt()
+        return cls(mean.tolist(), std.tolist())
+
+    def __call__(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1, 1, 1)
+        mean = torch.tensor(self.mean, device=images_uint8.device).view(shape) * 255.0
+        scale = 1.0 / (torch.tensor(self.std, device=images_uint8.device).view(shape) * 255.0)
+        return (images_uint8.float() - mean) * scale
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean, "std": self.std}
+
+
+class DeviceLoader:
+    """Yields (normalised float images, labels) batches; shuffles and augments when ``train``."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, normalize: Normalize, *,
+                 batch_size: int, train: bool = False, translate: int = 0, flip: bool = False,
+                 seed: int = 0, device: str | torch.device = "cpu", channels_last: bool = False,
+                 rank: int = 0, world_size: int = 1):
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.normalize = normalize
+        self.batch_size, self.train = batch_size, train
+        self.translate, self.flip = translate if train else 0, flip and train
+        self.seed, self.epoch = seed, 0
+        self.channels_last = channels_last
+        self.rank, self.world_size = rank, world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        count = self._shard_size()
+        return count // self.batch_size if self.train else -(-count // self.batch_size)
+
+    def _shard_size(self) -> int:
+        # training drops the remainder so every rank runs the same number of equal steps
+        if self.train:
+            return len(self.images) // self.world_size
+        return len(range(self.rank, len(self.images), self.world_size))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.batches(start=0)
+
+    def batches(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches from number ``start`` on (used to resume in the middle of an epoch)."""
+        order, shifts, flips = self._epoch_plan()
+        for index in range(start, len(self)):
+            rows = order[index * self.batch_size:(index + 1) * self.batch_size]
+            batch = self.images[rows]
+            if self.translate:
+                batch = _translate(batch, shifts[rows_slice(index, self.batch_size, len(rows))], self.translate)
+            if self.flip:
+                mask = flips[rows_slice(index, self.batch_size, len(rows))].view(-1, 1, 1, 1)
+                batch = torch.where(mask, batch.flip(3), batch)
+            batch = self.normalize(batch)
+            if self.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            yield batch, self.labels[rows]
+
+    def _epoch_plan(self):
+        """This rank's image order and per-position augmentation draws, from (seed, epoch) alone."""
+        device = self.images.device
+        if not self.train:
+            order = torch.arange(self.rank, len(self.images), self.world_size, device=device)
+            return order, None, None
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        count = len(self.images)
+        order = torch.randperm(count, generator=generator)
+        shifts = torch.randint(-self.translate, self.translate + 1, (count, 2), generator=generator)
+        flips = torch.rand(count, generator=generator) < 0.5
+        take = slice(self.rank, self._shard_size() * self.world_size, self.world_size)
+        return order[take].to(device), shifts[take].to(device), flips[take].to(device)
+
+
+def rows_slice(index: int, batch_size: int, length: int) -> slice:
+    return slice(index * batch_size, index * batch_size + length)
+
+
+def _translate(batch: torch.Tensor, shifts: torch.Tensor, pad: int) -> torch.Tensor:
+    """Shift each image by its own (dy, dx) in [-pad, pad], filling with zeros: pad, then gather."""
+    n, c, h, w = batch.shape
+    padded = torch.nn.functional.pad(batch, (pad, pad, pad, pad))
+    rows = (torch.arange(h, device=batch.device) + pad).view(1, h) - shifts[:, :1]  # (N, H)
+    cols = (torch.arange(w, device=batch.device) + pad).view(1, w) - shifts[:, 1:]  # (N, W)
+    n_index = torch.arange(n, device=batch.device).view(n, 1, 1, 1)
+    c_index = torch.arange(c, device=batch.device).view(1, c, 1, 1)
+    return padded[n_index, c_index, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
