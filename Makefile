@@ -8,11 +8,16 @@ FASHION_MNIST_SYSTEM_DIR := /usr/share/datasets/fashion-mnist
 
 .PHONY: setup data run test bench clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.core
 
 # torch/torchvision pins in constraints.txt install from this project's machines' local disk.
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.core: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt -e .
+	touch $@
+
+# the tests also need the optional extras (onnx, onnxruntime, matplotlib, tensorboard) and pytest
+$(VENV)/.dev: $(VENV)/.core
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
@@ -31,10 +36,10 @@ run: data
 	@root=$$([ -d $(FASHION_MNIST_SYSTEM_DIR) ] || echo data); \
 	$(NIN) train --recipe fashion-mnist $${root:+--root $$root}
 
-test: data
+test: $(VENV)/.dev data
 	$(PY) -m pytest
 
-bench: data
+bench: $(VENV)/.dev data
 	$(PY) benchmarks/fashion_mnist.py
 
 clean:

@@ -63,6 +63,24 @@ def get_parser() -> argparse.ArgumentParser:
     data.add_argument("--download", action="store_true", help="fetch it with torchvision (checksummed)")
     data.set_defaults(handler=cmd_data)
 
+    visualize = commands.add_parser("visualize", help="category confidence maps of images, the paper's figure 4 "
+                                    "(one PNG per image)")
+    visualize.add_argument("checkpoint", metavar="CHECKPOINT")
+    visualize.add_argument("images", nargs="+", metavar="IMAGE")
+    visualize.add_argument("--out", default="visualizations", metavar="DIR",
+                           help="where the PNGs go, one per image, named after it (default: ./visualizations)")
+    visualize.add_argument("--label", metavar="CLASS", help="the images' true class (default: an image's folder "
+                           "name when it is a class name, as in an image-folder data set)")
+    visualize.add_argument("--max-maps", type=int, default=10, metavar="N",
+                           help="with more classes than N, show the N most probable (default 10)")
+    visualize.add_argument("--device", default="auto")
+    visualize.set_defaults(handler=cmd_visualize)
+
+    plot = commands.add_parser("plot", help="learning curves of a run (loss, accuracy, learning rate) as a PNG")
+    plot.add_argument("run", metavar="RUN_DIR")
+    plot.add_argument("--out", metavar="PNG", help="default: RUN_DIR/curves.png")
+    plot.set_defaults(handler=cmd_plot)
+
     models = commands.add_parser("models", help="list the model variants")
     models.set_defaults(handler=cmd_models)
     recipes = commands.add_parser("recipes", help="list the shipped recipes")
@@ -142,6 +160,26 @@ def cmd_predict(args) -> int:
     for result in results:
         ranked = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in result["top"])
         print(f"{result['image']}: {ranked}")
+    return 0
+
+
+def cmd_visualize(args) -> int:
+    from .inference import load_trained
+    from .train import resolve_device
+    from .visualize import require_matplotlib, visualize_files
+
+    require_matplotlib("nin visualize")  # before loading anything
+    trained = load_trained(args.checkpoint, resolve_device(args.device))
+    for result in visualize_files(trained, args.images, args.out, label=args.label, max_maps=args.max_maps):
+        truth = f", true {result.label}" if result.label is not None else ""
+        print(f"{result.path}: predicted {result.predicted} {100 * result.probability:.1f}%{truth}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .visualize import plot_curves
+
+    print(f"wrote {plot_curves(args.run, args.out)}")
     return 0
 
 

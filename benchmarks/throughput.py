@@ -1,0 +1,209 @@
+"""Training and inference throughput: the seed-style PyTorch loop (a) against the toolkit's path (b).
+
+    .venv/bin/python benchmarks/throughput.py [--rounds 3] [--steps 10] [--device cpu]
+
+(a) the seed's model class, torchvision's CIFAR10 read from files in the real on-disk format
+    (random pixels), per-image RandomCrop(32, 4) + RandomHorizontalFlip + ToTensor + Normalize,
+    a DataLoader with workers, fp32, NCHW, batch 128.
+(b) nin's path: nin_cifar10, the data as one uint8 tensor on the device, batched augmentation,
+    channels_last (and bf16 autocast on CUDA), the trainer's own step.
+Both run in the same process, alternating over several rounds; the table reports medians, the ratios
+(b)/(a) and the share of this machine's measured fp32 matmul peak that (b) reaches.
+"""
+from __future__ import annotations
+
+import argparse
+import pickle
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from nin.config import TrainConfig
+from nin.hardware import describe_hardware
+from nin.models import create_model
+from nin.train import Run, resolve_device
+
+BATCH = 128
+
+
+class SeedNIN(nn.Module):
+    """The seed document's network, as its author wrote it (the baseline's model)."""
+
+    def __init__(self, in_channels=3, out_channels=10):
+        super().__init__()
+        def stage(cin, widths, kernel, pad, tail):
+            layers = []
+            for i, w in enumerate(widths):
+                layers += [nn.Conv2d(cin, w, kernel if i == 0 else 1, padding=pad if i == 0 else 0), nn.ReLU()]
+                cin = w
+            return nn.Sequential(*layers, *tail)
+        self.features1 = stage(in_channels, (192, 160, 96), 5, 2, [nn.MaxPool2d(3, 2, 1), nn.Dropout(0.5)])
+        self.features2 = stage(96, (192, 192, 192), 5, 2, [nn.MaxPool2d(3, 2, 1), nn.Dropout(0.5)])
+        self.features3 = stage(192, (192, 192, out_channels), 3, 1, [])
+        self.gap = nn.AvgPool2d(8, 1)
+
+    def forward(self, x):
+        return self.gap(self.features3(self.features2(self.features1(x)))).view(x.size(0), -1)
+
+
+def write_cifar10(root: Path, per_batch: int) -> None:
+    """CIFAR-10's python format: five training pickles, a test pickle and the meta file."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 b"labels": rng.integers(0, 10, per_batch).tolist()}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    meta = {b"label_names": [f"class{i}" for i in range(10)]}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+
+
+def seed_loader(root: Path, train: bool, workers: int):
+    from torchvision import datasets, transforms
+
+    class CIFAR10Files(datasets.CIFAR10):  # our files carry random pixels, so not the official MD5s
+        def _check_integrity(self) -> bool:
+            return True
+
+    steps = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if train else []
+    steps += [transforms.ToTensor(), transforms.Normalize((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))]
+    dataset = CIFAR10Files(str(root), train=train, transform=transforms.Compose(steps))
+    return torch.utils.data.DataLoader(dataset, batch_size=BATCH if train else 1024, shuffle=train,
+                                       num_workers=workers, drop_last=train, persistent_workers=workers > 0)
+
+
+def time_seed_training(model, optimizer, batches, steps: int, device) -> float:
+    model.train()
+    iterator = iter(batches)
+    started, seen = None, 0
+    for index in range(steps + 1):  # the first step warms up (and starts the workers); not timed
+        if index == 1:
+            _sync(device)
+            started = time.perf_counter()
+        images, labels = next(iterator)
+        images, labels = images.to(device), labels.to(device)
+        loss = nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        seen += len(labels) if index else 0
+    _sync(device)
+    return seen / (time.perf_counter() - started)
+
+
+def time_toolkit_training(run: Run, steps: int) -> float:
+    run.model.train()
+    batches = run.data.train.batches()
+    for index in range(steps + 1):
+        if index == 1:
+            _sync(run.device)
+            started = time.perf_counter()
+        images, labels = next(batches)
+        run.set_lr()
+        run.step(images, labels)
+    _sync(run.device)
+    return steps * BATCH / (time.perf_counter() - started)
+
+
+@torch.inference_mode()
+def time_inference(model, batches, device, limit: int, to_device=True) -> float:
+    model.eval()
+    seen, started = 0, None
+    for index, (images, _) in enumerate(batches):
+        if index == 1:
+            _sync(device)
+            started, seen = time.perf_counter(), 0
+        model(images.to(device) if to_device else images)
+        seen += len(images)
+        if index >= limit:
+            break
+    _sync(device)
+    return seen / (time.perf_counter() - started)
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def conv_flops_per_image(model: nn.Module, size: int = 32) -> float:
+    """Forward FLOPs (2 x multiply-adds) of the convolutions and linear layers for one image."""
+    total = 0
+    def count(module, inputs, output):
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            total += 2 * output.numel() * module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+        elif isinstance(module, nn.Linear):
+            total += 2 * module.in_features * module.out_features
+    hooks = [m.register_forward_hook(count) for m in model.modules()]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, size, size))
+    for hook in hooks:
+        hook.remove()
+    return float(total)
+
+
+def matmul_peak_gflops(device, size: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    a @ b
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * size ** 3 * repeats / (time.perf_counter() - started) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps per round and path")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the seed-style loop")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--images", type=int, default=10_000, help="images per CIFAR file written")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        write_cifar10(root, args.images // 5)
+        seed_model = SeedNIN().to(device)
+        seed_optimizer = torch.optim.SGD(seed_model.parameters(), lr=0.01, momentum=0.9)
+        seed_train, seed_test = seed_loader(root, True, args.workers), seed_loader(root, False, args.workers)
+        config = TrainConfig(model="nin_cifar10", dataset="cifar10", root=str(root), batch_size=BATCH,
+                             epochs=1, lr=0.01, device=str(device), progress=False, tensorboard=False,
+                             out=str(root / "run"))
+        run = Run(config, None, lambda *_: None)
+        results = {"a_train": [], "b_train": [], "a_infer": [], "b_infer": []}
+        for round_index in range(args.rounds):  # alternate (a) and (b): the machine's noise hits both
+            results["a_train"].append(time_seed_training(seed_model, seed_optimizer, seed_train, args.steps, device))
+            results["b_train"].append(time_toolkit_training(run, args.steps))
+            results["a_infer"].append(time_inference(seed_model, seed_test, device, limit=4))
+            results["b_infer"].append(time_inference(run.model, run.data.test, device, limit=4, to_device=False))
+            print(f"round {round_index + 1}: " + "  ".join(f"{k} {v[-1]:.1f}/s" for k, v in results.items()),
+                  flush=True)
+    report(results, device, conv_flops_per_image(create_model("nin_cifar10")), matmul_peak_gflops(device))
+
+
+def report(results: dict, device, flops: float, peak: float) -> None:
+    median = {key: statistics.median(values) for key, values in results.items()}
+    train_gflops = 3 * flops * median["b_train"] / 1e9  # forward + backward ~ 3x the forward FLOPs
+    print(f"\n| path | training images/s | inference images/s |")
+    print("|---|---:|---:|")
+    print(f"| (a) seed-style loop | {median['a_train']:.1f} | {median['a_infer']:.1f} |")
+    print(f"| (b) nin | {median['b_train']:.1f} | {median['b_infer']:.1f} |")
+    print(f"| ratio (b)/(a) | **{median['b_train'] / median['a_train']:.2f}x** | "
+          f"**{median['b_infer'] / median['a_infer']:.2f}x** |")
+    print(f"\nNIN-CIFAR forward: {flops / 1e9:.3f} GFLOP/image; (b) trains at {train_gflops:.1f} GFLOP/s = "
+          f"{100 * train_gflops / peak:.0f}% of this machine's measured fp32 matmul peak ({peak:.1f} GFLOP/s)")
+    print(f"medians of {len(results['a_train'])} alternating rounds; hardware: {describe_hardware(str(device))}")
+
+
+if __name__ == "__main__":
+    main()

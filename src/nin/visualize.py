@@ -1,0 +1,354 @@
+"""Pictures of a trained model and of a run: category confidence maps (the paper's figure 4) and learning
+curves.
+
+``nin visualize CHECKPOINT IMAGE...``: with global average pooling the last mlpconv layer emits one map
+per class and each logit *is* the mean of its map, so the maps show where in the image the network
+finds evidence for each class. One PNG per image: the image as the model sees it (resized to its input
+size) beside the maps of the classes (the 10 most probable when there are more), bilinearly upsampled
+to the image's size, all on one colour scale; each titled with its class, softmax probability and mean
+(= logit); the predicted class framed, and the true class when it is known.
+
+``nin plot RUN_DIR``: loss, accuracy and learning rate per epoch from the run's ``metrics.csv``.
+
+matplotlib (the ``report`` extra) is imported only here and only when a picture is drawn; it draws
+with the Agg backend without touching pyplot's global state.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .data import load_image
+from .errors import NinError
+
+MAX_MAPS = 10
+PREDICTED_COLOUR, TRUE_COLOUR, CORRECT_COLOUR = "#d62728", "#1f77b4", "#2ca02c"  # red, blue, green
+METRIC_COLUMNS = ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
+
+
+def require_matplotlib(what: str) -> None:
+    """Fail before any work when the pictures cannot be drawn."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise NinError(f"{what} draws its pictures with matplotlib, which is not installed: "
+                       "pip install 'network-in-network[report]'") from None
+
+
+# --- category confidence maps -------------------------------------------------------------------------
+
+def _check_gap(trained) -> None:
+    head = getattr(trained.model, "head", "gap")
+    if head != "gap":
+        raise NinError(f"this model has a fully connected head (head={head!r}): its last mlpconv layer's "
+                       "maps are features for that layer, not one map per class, so it has no category "
+                       "confidence maps; they exist only with global average pooling (head 'gap', the paper's)")
+
+
+@torch.inference_mode()
+def confidence_maps(trained, image_uint8: torch.Tensor, *, upsample: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The category confidence maps of one image and the class probabilities.
+
+    ``trained``: a ``nin.inference.Trained`` (GAP head); ``image_uint8``: (C, H, W) or (1, C, H, W)
+    pixels of the model's size and channels (``nin.data.load_image`` makes them), preprocessed here
+    with the training run's normalisation. Returns ``maps`` (classes, H, W), the last mlpconv layer's
+    output upsampled bilinearly to the image's size (``upsample=False``: as the network computes them,
+    (classes, h, w), whose means are exactly the logits), and ``probabilities`` (classes,), the
+    softmax of the logits. Both float32 on the CPU."""
+    _check_gap(trained)
+    image = image_uint8.unsqueeze(0) if image_uint8.ndim == 3 else image_uint8
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise NinError(f"confidence_maps takes one image (C, H, W), got shape {tuple(image_uint8.shape)}")
+    if image.shape[1] != trained.channels:
+        raise NinError(f"the model takes {trained.channels}-channel images, got {image.shape[1]} channels")
+    model = trained.model
+    was_training = model.training
+    model.eval()
+    try:
+        inputs = trained.normalize(image.to(trained.device))
+        maps = model.forward_features(inputs)
+        probabilities = model.forward_head(maps).float().softmax(dim=1)[0]
+    finally:
+        model.train(was_training)
+    maps = maps.float()
+    if upsample:
+        maps = F.interpolate(maps, size=tuple(image.shape[2:]), mode="bilinear", align_corners=False)
+    return maps[0].cpu(), probabilities.cpu()
+
+
+@dataclass
+class Visualized:
+    image: str
+    path: Path
+    predicted: str
+    probability: float
+    label: str | None
+    shown: list[str]
+
+
+def true_label(path: str | os.PathLike, classes: list[str], label: str | None = None) -> str | None:
+    """The image's true class: ``label`` when given, else its folder's name when that is a class name
+    (an image-folder data set, ``ROOT/test/CLASS/x.png``), else unknown (None)."""
+    if label is not None:
+        if label not in classes:
+            shown = ", ".join(classes[:12]) + (f", ... ({len(classes)} classes)" if len(classes) > 12 else "")
+            raise NinError(f"--label {label!r} is not one of the model's classes: {shown}")
+        return label
+    parent = Path(path).parent.name
+    return parent if parent in classes else None
+
+
+def _output_names(paths: list[str]) -> list[str]:
+    """A PNG name per image: its stem; images with the same stem (x/0.png, y/0.png) get their folder's
+    name in front, and a number if that still collides."""
+    stems = [Path(p).stem for p in paths]
+    names, used = [], set()
+    for path, stem in zip(paths, stems):
+        name = stem if stems.count(stem) == 1 else f"{Path(path).parent.name or 'image'}_{stem}"
+        base, number = name, 2
+        while name in used:
+            name, number = f"{base}_{number}", number + 1
+        used.add(name)
+        names.append(name)
+    return [f"{name}.png" for name in names]
+
+
+def visualize_files(trained, paths: list[str], out_dir: str | os.PathLike = "visualizations", *,
+                    label: str | None = None, max_maps: int = MAX_MAPS) -> list[Visualized]:
+    """One figure-4 PNG per image file in ``out_dir``; returns what each shows."""
+    require_matplotlib("nin visualize")
+    _check_gap(trained)
+    if max_maps < 1:
+        raise NinError(f"--max-maps must be 1 or more, got {max_maps}")
+    labels = [true_label(path, trained.classes, label) for path in paths]  # a bad --label fails first
+    images = [load_image(path, trained.size, trained.channels) for path in paths]
+    folder = Path(out_dir).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise NinError(f"cannot create {folder}: {error.strerror or error}") from None
+    results = []
+    for path, image, truth, name in zip(paths, images, labels, _output_names(paths)):
+        raw, probabilities = confidence_maps(trained, image, upsample=False)
+        maps = F.interpolate(raw.unsqueeze(0), size=tuple(image.shape[1:]), mode="bilinear",
+                             align_corners=False)[0]  # exactly what confidence_maps(upsample=True) returns
+        target = folder / name
+        shown = plot_confidence_maps(image, maps, probabilities, trained.classes, target,
+                                     logits=raw.mean(dim=(1, 2)), title=_display_name(path), label=truth,
+                                     max_maps=max_maps)
+        best = int(probabilities.argmax())
+        results.append(Visualized(str(path), target, trained.classes[best], float(probabilities[best]),
+                                  truth, shown))
+    return results
+
+
+def _display_name(path) -> str:
+    path = Path(path)
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+def _shown_classes(probabilities: torch.Tensor, max_maps: int) -> list[int]:
+    """Every class in class order when they fit, else the ``max_maps`` most probable, most probable first."""
+    count = len(probabilities)
+    if count <= max_maps:
+        return list(range(count))
+    return probabilities.topk(max_maps).indices.tolist()
+
+
+def _short(name: str, width: int = 18) -> str:
+    return name if len(name) <= width else name[:width - 1] + "\u2026"
+
+
+def _percent(p: float) -> str:
+    return f"{100 * p:.1f}%" if p >= 0.001 else f"{100 * p:.2g}%"
+
+
+def plot_confidence_maps(image: torch.Tensor, maps: torch.Tensor, probabilities: torch.Tensor,
+                         classes: list[str], path: str | os.PathLike, *, logits: torch.Tensor | None = None,
+                         title: str = "", label: str | None = None, max_maps: int = MAX_MAPS) -> list[str]:
+    """Draw one figure-4 panel set: ``image`` (C, H, W) uint8 beside ``maps`` (classes, H, W) on one
+    colour scale; ``logits`` (the means of the maps before upsampling) go into the titles when given.
+    Returns the names of the classes shown, in the order drawn."""
+    shown = _shown_classes(probabilities, max_maps)
+    count = len(classes)
+    predicted = int(probabilities.argmax())
+    truth = classes.index(label) if label is not None else None
+    columns = min(len(shown), 5)
+    rows = math.ceil(len(shown) / columns)
+    panel = 2.0
+    figure = _figure(panel * (columns + 1.6) + 0.9, panel * 1.05 * rows + 1.45)
+    grid = figure.add_gridspec(rows, columns + 2, width_ratios=[1.4, 0.15] + [1] * columns)
+    values = maps[shown]
+    vmin, vmax = float(values.min()), float(values.max())
+    if vmax <= vmin:
+        vmax = vmin + 1e-6
+
+    axes = figure.add_subplot(grid[:, 0])
+    pixels = image.permute(1, 2, 0).numpy()
+    if pixels.shape[2] == 1:
+        axes.imshow(pixels[:, :, 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    else:
+        axes.imshow(pixels, interpolation="nearest")
+    size = f"{image.shape[2]}x{image.shape[1]}"
+    axes.set_title(f"input ({size})", fontsize=10)
+    _no_ticks(axes)
+
+    drawn = None
+    for position, index in enumerate(shown):
+        axes = figure.add_subplot(grid[position // columns, 2 + position % columns])
+        drawn = axes.imshow(maps[index].numpy(), cmap="viridis", vmin=vmin, vmax=vmax, interpolation="bilinear")
+        subtitle = _percent(float(probabilities[index]))
+        if logits is not None:
+            subtitle += f"  (logit {float(logits[index]):.2f})"
+        axes.set_title(f"{_short(classes[index])}\n{subtitle}", fontsize=9)
+        _no_ticks(axes)
+        tags = []
+        if index == predicted:
+            tags.append("predicted")
+        if index == truth:
+            tags.append("true")
+        if tags:
+            colour = (CORRECT_COLOUR if len(tags) == 2 else PREDICTED_COLOUR if tags == ["predicted"]
+                      else TRUE_COLOUR)
+            for spine in axes.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(4)
+            axes.set_xlabel(" = ".join(tags), color=colour, fontsize=10, fontweight="bold", labelpad=2)
+    figure.colorbar(drawn, ax=figure.axes[1:], shrink=0.9, pad=0.02, label="map value (one scale for all maps)")
+
+    heading = f"{title}: " if title else ""
+    heading += f"predicted {classes[predicted]} ({_percent(float(probabilities[predicted]))})"
+    if truth is not None:
+        verdict = "correct" if truth == predicted else "wrong"
+        heading += f", true {classes[truth]} ({verdict})"
+        if truth not in shown:
+            heading += f"; the true class has {_percent(float(probabilities[truth]))}, not among the maps shown"
+    lines = [heading, "category confidence maps of the last mlpconv layer, upsampled to the input; "
+             "global average pooling makes each class's logit the mean of its map"]
+    if len(shown) < count:
+        lines.append(f"the {len(shown)} most probable of {count} classes")
+    figure.suptitle("\n".join(lines), fontsize=10)
+    try:
+        figure.savefig(path)
+    except OSError as error:
+        raise NinError(f"cannot write {path}: {error.strerror or error}") from None
+    return [classes[i] for i in shown]
+
+
+def _no_ticks(axes) -> None:
+    axes.set_xticks([])
+    axes.set_yticks([])
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+# --- learning curves ------------------------------------------------------------------------------------
+
+def read_metrics(run: str | os.PathLike) -> tuple[Path, list[dict]]:
+    """``metrics.csv`` of a run folder (or the CSV file itself) -> (its path, rows of floats)."""
+    path = Path(run).expanduser()
+    if path.is_dir():
+        path = path / "metrics.csv"
+    if not path.is_file():
+        raise NinError(f"no metrics.csv at {path}: expected a run folder written by `nin train`")
+    try:
+        with open(path, newline="") as stream:
+            reader = csv.DictReader(stream)
+            header = reader.fieldnames
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise NinError(f"{path} is not a readable metrics file ({error})") from None
+    if header is None:
+        raise NinError(f"{path} is empty: the run has not finished an epoch yet")
+    missing = [c for c in METRIC_COLUMNS if c not in header]
+    if missing:
+        raise NinError(f"{path} lacks the columns {', '.join(missing)}: expected {', '.join(METRIC_COLUMNS)}")
+    if not rows:
+        raise NinError(f"{path} has no rows: the run has not finished an epoch yet")
+    parsed = []
+    for number, row in enumerate(rows, start=2):
+        try:
+            parsed.append({c: float(row[c]) if row[c] not in ("", None) else math.nan for c in METRIC_COLUMNS})
+        except ValueError:
+            raise NinError(f"{path}, line {number}: a value is not a number: {row}") from None
+    return path, parsed
+
+
+def plot_curves(run: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Loss (train, test), accuracy (train, test) and learning rate against the epoch, from a run's
+    ``metrics.csv``; written to ``out`` (default: ``curves.png`` beside the CSV). Returns the path."""
+    require_matplotlib("nin plot")
+    path, rows = read_metrics(run)
+    target = Path(out).expanduser() if out else path.parent / "curves.png"
+    config = _run_config(path.parent)
+    epochs = [r["epoch"] for r in rows]
+    marker = "o" if len(rows) <= 40 else None
+
+    figure = _figure(13.0, 4.3)
+    loss, accuracy, rate = figure.subplots(1, 3)
+    smoothing = float(config.get("label_smoothing") or 0)
+    train_note = "train" + (f" (label smoothing {smoothing:g})" if smoothing else "")
+    loss.plot(epochs, [r["train_loss"] for r in rows], marker=marker, label=train_note, color="tab:blue")
+    loss.plot(epochs, [r["test_loss"] for r in rows], marker=marker, label="test", color="tab:orange")
+    loss.set_title("loss (cross-entropy)")
+    loss.set_ylim(bottom=0)
+    accuracy.plot(epochs, [100 * r["train_acc"] for r in rows], marker=marker, label="train", color="tab:blue")
+    accuracy.plot(epochs, [100 * r["test_acc"] for r in rows], marker=marker, label="test", color="tab:orange")
+    accuracy.set_title("accuracy (%)")
+    best = max(range(len(rows)), key=lambda i: -math.inf if math.isnan(rows[i]["test_acc"]) else rows[i]["test_acc"])
+    if not math.isnan(rows[best]["test_acc"]):
+        value = 100 * rows[best]["test_acc"]
+        accuracy.plot([rows[best]["epoch"]], [value], linestyle="none", marker="*", markersize=14, color="tab:red",
+                      zorder=3, label=f"best test {value:.2f}% (epoch {rows[best]['epoch']:g})")
+    rate.plot(epochs, [r["lr"] for r in rows], marker=marker, color="tab:green")
+    rate.set_title("learning rate (at the epoch's end)")
+    rate.set_ylim(bottom=0)
+    rate.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    for axes in (loss, accuracy, rate):
+        axes.set_xlabel("epoch")
+        axes.grid(alpha=0.3)
+        if len(rows) <= 12:
+            axes.set_xticks(epochs)
+    loss.legend(fontsize=9)
+    accuracy.legend(fontsize=9, loc="lower right")
+
+    name = path.parent.name or str(path.parent)
+    what = ", ".join(str(config[k]) for k in ("model", "dataset") if config.get(k))
+    heading = f"{name}" + (f" ({what})" if what else "") + f": {len(rows)} epoch{'s' if len(rows) != 1 else ''}"
+    if not math.isnan(rows[-1]["test_acc"]):
+        heading += f", final test accuracy {100 * rows[-1]['test_acc']:.2f}%"
+    if not math.isnan(rows[best]["test_acc"]):
+        heading += f", best {100 * rows[best]['test_acc']:.2f}% (epoch {rows[best]['epoch']:g})"
+    minutes = sum(r["seconds"] for r in rows if not math.isnan(r["seconds"])) / 60
+    heading += f", {minutes:.1f} min"
+    figure.suptitle(heading + "\ntrain: averaged over the epoch's batches, with dropout and augmentation; "
+                    "test: after the epoch", fontsize=10)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(target)
+    except OSError as error:
+        raise NinError(f"cannot write {target}: {error.strerror or error}") from None
+    return target
+
+
+def _run_config(folder: Path) -> dict:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
