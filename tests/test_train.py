@@ -96,3 +96,30 @@ def test_learning_rate_warms_up_then_decays_to_zero():
     assert [lr_at(s, total, step) for s in (0, 600, 900)] == pytest.approx([0.1, 0.01, 0.001])
     assert math.isclose(lr_at(500, total, TrainConfig(lr=0.1, epochs=10, warmup_epochs=0, schedule="linear")),
                         0.05)
+
+
+@pytest.mark.parametrize("kind", ["gcn_zca", "lcn"])
+def test_the_papers_preprocessing_is_fitted_saved_and_applied_at_evaluation(tmp_path, kind):
+    from nin.inference import evaluate_trained, load_trained
+    from tiny_run import write_folder_dataset
+
+    data = write_folder_dataset(tmp_path / "data", train_per_class=6)
+    config = TrainConfig(model="nin_mnist", dataset="folder", root=str(data), image_size=16, epochs=2,
+                         batch_size=6, device="cpu", progress=False, out=str(tmp_path / "run"), preprocess=kind)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, log=interrupt_after("epoch 1/2"))
+    fit(resume_config(str(tmp_path / "run"), {}), resume=str(tmp_path / "run"), log=lambda *_: None)
+
+    trained = load_trained(tmp_path / "run")
+    assert trained.normalize.kind == kind
+    images = load_dataset_images(data)
+    expected = type(trained.normalize).fit(images)(images[:4]) if kind == "gcn_zca" else None
+    if expected is not None:  # the saved transform is the one fitted on the training images
+        torch.testing.assert_close(trained.normalize(images[:4]), expected)
+    assert evaluate_trained(trained)["n"] == 9
+
+
+def load_dataset_images(root):
+    from nin.data import load_dataset
+
+    return load_dataset("folder", root, "train", image_size=16, channels=3).images

@@ -38,6 +38,7 @@ class TrainConfig:
     test_subset: int = 0  # >0: evaluate on the first N test images
     translate: int = 2  # random translation by up to this many pixels (0: none)
     flip: str = "auto"  # auto (when the data set allows it) | yes | no
+    preprocess: str = "standardize"  # standardize (per-channel mean/std) | gcn_zca (CIFAR, the paper) | lcn (SVHN)
     # optimisation
     epochs: int = 5
     batch_size: int = 128
@@ -67,6 +68,7 @@ SCHEDULES = ("cosine", "linear", "step", "constant")
 FLIPS = ("auto", "yes", "no")
 AMPS = ("auto", "bf16", "off")
 ON_NAN = ("stop", "rollback")
+PREPROCESS_KINDS = ("standardize", "gcn_zca", "lcn")  # nin.data.preprocess.KINDS
 _POSITIVE = ("epochs", "batch_size", "lr", "eval_batch_size")
 _NON_NEGATIVE = ("momentum", "weight_decay", "label_smoothing", "warmup_epochs", "dropout", "grad_clip",
                  "translate", "train_subset", "test_subset", "image_size", "channels", "seed")
@@ -85,7 +87,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         value = getattr(config, name)
         if not value >= 0 or (isinstance(value, float) and not math.isfinite(value)):
             raise NinError(f"{name.replace('_', '-')} must be zero or more, got {value}")
-    for name, choices in (("schedule", SCHEDULES), ("flip", FLIPS), ("amp", AMPS), ("on_nan", ON_NAN)):
+    for name, choices in (("schedule", SCHEDULES), ("flip", FLIPS), ("amp", AMPS), ("on_nan", ON_NAN),
+                          ("preprocess", PREPROCESS_KINDS)):
         if getattr(config, name) not in choices:
             raise NinError(f"{name} must be one of {', '.join(choices)}, got {getattr(config, name)!r}")
     if config.dropout >= 1:

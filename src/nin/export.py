@@ -67,6 +67,10 @@ class ModelInfo:
 
     @classmethod
     def from_trained(cls, trained) -> "ModelInfo":
+        kind = getattr(trained.normalize, "kind", "standardize")
+        if kind != "standardize":
+            raise NinError(f"this model was trained with {kind} preprocessing; exports carry per-channel "
+                           "mean/std normalisation only so far (train with --preprocess standardize to export)")
         return cls(trained.name, dict(trained.kwargs), list(trained.classes), trained.size, trained.channels,
                    list(trained.normalize.mean), list(trained.normalize.std), trained.dataset)
 

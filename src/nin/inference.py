@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint
-from .data import DATASETS, DeviceLoader, Normalize, dataset_info, load_dataset, load_image
+from .data import DATASETS, DeviceLoader, dataset_info, load_dataset, load_image
+from .data.preprocess import preprocess_from_state
 from .errors import NinError
 from .evaluate import evaluate
 from .models import NIN, create_model
@@ -17,7 +18,7 @@ from .models import NIN, create_model
 class Trained:
     model: NIN
     classes: list[str]
-    normalize: Normalize
+    normalize: object  # the run's preprocessing (nin.data.preprocess): uint8 batch -> float batch
     size: int
     channels: int
     dataset: str
@@ -40,7 +41,7 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
                        f"({str(error).splitlines()[0]})") from None
     model.to(device).eval()
     norm = state["normalization"]
-    return Trained(model, list(state["classes"]), Normalize(norm["mean"], norm["std"]), state["input"]["size"],
+    return Trained(model, list(state["classes"]), preprocess_from_state(norm), state["input"]["size"],
                    state["input"]["channels"], state["input"]["dataset"], state["config"],
                    state["model_name"], dict(state["model_kwargs"]))
 

@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from .config import TrainConfig, from_dict, validate
-from .data import DeviceLoader, Normalize, dataset_info, load_dataset
+from .data import DeviceLoader, dataset_info, load_dataset
+from .data.preprocess import make_preprocess, preprocess_from_state
 from .errors import NinError
 from .evaluate import autocast, evaluate, format_report
 from .models import create_model, default_cfg
@@ -55,12 +56,15 @@ class Data:
     train: DeviceLoader
     test: DeviceLoader
     classes: list[str]
-    normalize: Normalize
+    normalize: object  # a fitted preprocessing (nin.data.preprocess): uint8 batch -> float batch
     channels: int
     size: int
 
 
-def prepare_data(config: TrainConfig, device: torch.device, world: World = World()) -> Data:
+def prepare_data(config: TrainConfig, device: torch.device, world: World = World(),
+                 preprocess_state: dict | None = None) -> Data:
+    """Both splits on the device, and the preprocessing: fitted on the training images, or (on resume)
+    the checkpoint's, so that a resumed run applies exactly the same transform."""
     info = dataset_info(config.dataset)
     model_cfg = default_cfg(config.model)
     size = config.image_size or (info.size if config.dataset != "folder" else model_cfg.input_size)
@@ -75,7 +79,8 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
     if len(train_images) < config.batch_size:
         raise NinError(f"{len(train_images)} training images are fewer than one batch of {config.batch_size}; "
                        "lower --batch-size")
-    normalize = Normalize.fit(train_images)  # fitted on the training images only
+    normalize = (preprocess_from_state(preprocess_state) if preprocess_state is not None
+                 else make_preprocess(config.preprocess, train_images))  # fitted on the training images only
     flip = info.flip if config.flip == "auto" else config.flip == "yes"
     common = dict(device=device, channels_last=config.channels_last, rank=world.rank, world_size=world.size)
     batch_size = local_batch_size(config.batch_size, world)  # each process takes its share of a global batch
@@ -182,7 +187,7 @@ class Run:
         self.device = device_for(world, resolve_device(config.device))
         self.run_dir = _shared_run_folder(config, resume, world)
         torch.manual_seed(config.seed)
-        self.data = prepare_data(config, self.device, world)
+        self.data = prepare_data(config, self.device, world, resumed["normalization"] if resumed else None)
         self.model_kwargs = model_arguments(config, len(self.data.classes), self.data.channels, self.data.size)
         self.model = create_model(config.model, **self.model_kwargs).to(self.device)
         if config.channels_last:
