@@ -24,8 +24,11 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
     a crash at any moment leaves either the old file or the new one, never a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed while writing
+        stale.unlink(missing_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(handle, 0o666 & ~_umask())  # mkstemp's 0600 would make checkpoints unlike the other files
         with os.fdopen(handle, "wb") as stream:
             torch.save(obj, stream)
             stream.flush()
@@ -35,6 +38,12 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
         Path(temp_name).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -69,7 +78,10 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
                        "expected a file written by `nin train`") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise NinError(f"{path} is not a nin checkpoint: expected a file written by `nin train`")
-    if state.get("version", 0) > VERSION:
+    version = state.get("version", 0)
+    if type(version) is not int:
+        raise NinError(f"{path} is not a nin checkpoint: its format version is {version!r}")
+    if version > VERSION:
         raise NinError(f"{path} was written by a newer nin (format {state['version']}); upgrade nin")
     return state
 

@@ -219,18 +219,18 @@ class Run:
                  f"epochs on {self.device}; run folder {self.run_dir}")
         metrics = None
         while self.state.epoch < config.epochs:
-            if any_process(stop.received is not None, self.device):
-                self.save()
-                raise Interrupted(f"{stop.received or 'a stop signal'} received: stopped at epoch "
-                                  f"{self.state.epoch + 1}, batch {self.state.batch}/{len(self.data.train)}, "
-                                  f"checkpoint saved; continue with: nin train --resume {self.run_dir}")
             try:
-                finished = self.train_epoch(stop)
+                if any_process(stop.received is not None, self.device):
+                    self.check_weights()  # never replace a good checkpoint with a poisoned one
+                    self.save()
+                    raise Interrupted(f"{stop.received or 'a stop signal'} received: stopped at epoch "
+                                      f"{self.state.epoch + 1}, batch {self.state.batch}/{len(self.data.train)}, "
+                                      f"checkpoint saved; continue with: nin train --resume {self.run_dir}")
+                if self.train_epoch(stop):
+                    self.check_weights()
+                    metrics = self.end_epoch()
             except NonFiniteLoss as error:
                 self.rollback(str(error))
-                continue
-            if finished:
-                metrics = self.end_epoch()
         return metrics or evaluate(self.evaluator, self.data.test, self.data.classes, amp=self.amp)
 
     def train_epoch(self, stop: "StopSignals") -> bool:
@@ -287,6 +287,14 @@ class Run:
             raise NonFiniteLoss(f"the loss became non-finite by step {self.state.step} (epoch {self.state.epoch + 1},"
                                 f" lr {lr:.4g})")
 
+    def check_weights(self) -> None:
+        """Raise NonFiniteLoss when the epoch's loss or any weight is not finite (checked before saving)."""
+        finite = math.isfinite(self.state.loss_sum) and all(
+            bool(torch.isfinite(t).all()) for t in self.model.state_dict().values() if t.is_floating_point())
+        if any_process(not finite, self.device):
+            raise NonFiniteLoss(f"the loss or the weights became non-finite by step {self.state.step} "
+                                f"(epoch {self.state.epoch + 1}, lr {self.optimizer.param_groups[0]['lr']:.4g})")
+
     def end_epoch(self) -> dict:
         state = self.state
         metrics = evaluate(self.evaluator, self.data.test, self.data.classes, amp=self.amp)
@@ -298,9 +306,9 @@ class Run:
                    seconds=state.seconds)
         self.state = dataclasses.replace(RunState(), epoch=state.epoch + 1, step=state.step,
                                          lr_scale=state.lr_scale, rollbacks=state.rollbacks)
-        self.save()
-        if self.world.is_main:
+        if self.world.is_main:  # the row first: a crash before the checkpoint only repeats this epoch
             _append_metrics(self.run_dir, row)
+        self.save()
         self.tensorboard.log_epoch(row, row["step"])
         self.log(f"epoch {row['epoch']}/{self.config.epochs}  loss {train_loss:.4f}  train {100 * train_acc:.2f}%  "
                  f"test {100 * metrics['accuracy']:.2f}%  lr {row['lr']:.4g}  {row['seconds']:.1f}s")
@@ -337,6 +345,9 @@ class Run:
                 "input": {"size": data.size, "channels": data.channels, "dataset": config.dataset},
             }, path)
         except OSError as error:
+            if not path.exists():
+                raise NinError(f"could not write the first checkpoint {path} ({error.strerror or error}); nothing "
+                               "was trained: free some space and start the run again") from None
             raise NinError(f"could not write the checkpoint {path} ({error.strerror or error}); the previous "
                            f"checkpoint is intact: free some space, then continue with --resume {self.run_dir}"
                            ) from None
@@ -418,24 +429,36 @@ def _write_config(run_dir: Path, config: TrainConfig) -> None:
 
 
 def _truncate_metrics(run_dir: Path, epochs: int) -> None:
-    """Drop rows of epochs after the checkpoint (written just before a crash), so none appears twice."""
+    """Keep the rows of the checkpoint's epochs only: a row written just before a crash (its epoch is
+    trained again) or torn by one would otherwise appear twice or break the file."""
     path = run_dir / "metrics.csv"
     if path.exists():
         with open(path, newline="") as stream:
-            rows = [row for row in csv.DictReader(stream) if int(row["epoch"]) <= epochs]
+            rows = [row for row in csv.DictReader(stream) if _complete_row(row) and int(row["epoch"]) <= epochs]
         path.unlink()
         for row in rows:
             _append_metrics(run_dir, row)
 
 
+def _complete_row(row: dict) -> bool:
+    try:
+        return all(row.get(name) not in (None, "") for name in METRIC_FIELDS) and int(row["epoch"]) > 0
+    except ValueError:
+        return False
+
+
 def _append_metrics(run_dir: Path, row: dict) -> None:
     path = run_dir / "metrics.csv"
     new = not path.exists()
-    with open(path, "a", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=METRIC_FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    try:
+        with open(path, "a", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=METRIC_FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    except OSError as error:
+        raise NinError(f"could not write {path} ({error.strerror or error}); the last checkpoint is intact: "
+                       f"free some space, then continue with --resume {run_dir}") from None
 
 
 RESUME_OVERRIDES = ("epochs", "device", "progress")

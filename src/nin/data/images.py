@@ -23,8 +23,7 @@ def load_image(path: str | Path, size: int, channels: int) -> torch.Tensor:
                 image = image.resize((size, size), Image.Resampling.BILINEAR)
     except FileNotFoundError:
         raise NinError(f"image {path} does not exist") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
-            Image.DecompressionBombError) as error:  # UnidentifiedImageError is an OSError
+    except Exception as error:  # PIL raises many types for damaged files (OSError, ValueError, TypeError...)
         raise NinError(f"{path} is not a readable image ({error}): expected a PNG, JPEG or similar file") from None
     array = np.asarray(image, dtype=np.uint8)
     array = array[:, :, None] if array.ndim == 2 else array

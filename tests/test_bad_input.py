@@ -1,0 +1,246 @@
+"""Bad input through the `nin` command: one line `nin: error: ...`, exit code 2, no traceback.
+
+Complements tests/test_cli.py (unknown names, missing data, epochs 0, batch size -3, lr -0.1, CUDA for
+training, a text file as checkpoint or image) and tests/test_data.py (the readers themselves).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nin.cli import main
+from tiny_run import train_tiny_run, write_folder_dataset
+
+QUIET = ["--device", "cpu", "--no-progress", "--no-tensorboard"]
+FAST = ["--epochs", "1", "--batch-size", "4", *QUIET]
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, message: str) -> None:
+    assert code == 2
+    assert err.startswith("nin: error: ") and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A trained run on the 3-class, 16x16 RGB image folder of tests/tiny_run.py."""
+    return train_tiny_run(tmp_path_factory.mktemp("bad-input"))
+
+
+@pytest.fixture
+def folder_data(tmp_path):
+    return write_folder_dataset(tmp_path / "data")
+
+
+# --- recipes and settings -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, message", [
+    ('epoch = 3\n', "unknown field 'epoch'"),  # a typo of epochs
+    ('epochs = "ten"\n', "recipe field 'epochs' must be int, got 'ten'"),
+    ('epochs = 2.5\n', "recipe field 'epochs' must be int, got 2.5"),
+    ('lr = "0.1"\n', "recipe field 'lr' must be float, got '0.1'"),
+    ('nesterov = "yes"\n', "recipe field 'nesterov' must be bool"),
+    ('pools = "max"\n', "recipe field 'pools' must be a list"),
+    ('epochs = \n', "not valid TOML"),
+    ('epochs = 0\n', "epochs must be positive, got 0"),
+    ('batch_size = -8\n', "batch-size must be positive, got -8"),
+    ('lr = -0.1\n', "lr must be positive, got -0.1"),
+    ('lr = nan\n', "lr must be positive, got nan"),
+], ids=lambda value: value.strip().replace(" ", "") if "=" in value else None)
+def test_a_bad_recipe_file_is_one_line(tmp_path, capsys, folder_data, text, message):
+    recipe = tmp_path / "mine.toml"
+    recipe.write_text(text)
+    code, _, err = run_cli(["train", "--recipe", recipe, "--dataset", "folder", "--root", folder_data, *QUIET,
+                            "--out", tmp_path / "run"], capsys)
+    assert_one_line_error(code, err, message)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "-1"], "epochs must be positive, got -1"),
+    (["--batch-size", "0"], "batch-size must be positive, got 0"),
+    (["--lr", "0"], "lr must be positive, got 0.0"),
+    (["--lr", "inf"], "lr must be positive, got inf"),
+    (["--eval-batch-size", "0"], "eval-batch-size must be positive, got 0"),
+    (["--momentum", "-0.9"], "momentum must be zero or more"),
+    (["--dropout", "1"], "dropout must be below 1"),
+    (["--schedule", "exponential"], "schedule must be one of cosine, linear, step, constant"),
+    (["--on-nan", "retry"], "on_nan must be one of stop, rollback"),
+])
+def test_a_bad_setting_is_one_line(tmp_path, capsys, folder_data, flags, message):
+    code, _, err = run_cli(["train", "--dataset", "folder", "--root", folder_data, *FAST, *flags,
+                            "--out", tmp_path / "run"], capsys)
+    assert_one_line_error(code, err, message)
+
+
+def test_a_flag_of_the_wrong_type_is_refused_by_the_parser_with_exit_code_2(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--epochs", "ten"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert "argument --epochs: invalid int value: 'ten'" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_cuda_without_a_gpu_is_one_line_for_eval_and_predict(tiny_run, tmp_path, capsys, command):
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(image)
+    argv = ["eval", tiny_run] if command == "eval" else ["predict", tiny_run, image]
+    code, _, err = run_cli([*argv, "--device", "cuda"], capsys)
+    assert_one_line_error(code, err, "no CUDA GPU is available here; use --device cpu")
+
+
+# --- files that are not checkpoints -----------------------------------------------------------------
+
+def not_a_checkpoint(kind: str, tiny_run, tmp_path):
+    path = tmp_path / "model.pt"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "another-torch-file":
+        torch.save({"state_dict": {"weight": torch.zeros(3)}}, path)  # readable, but not written by nin train
+    elif kind == "truncated":
+        path.write_bytes((tiny_run / "checkpoint.pt").read_bytes()[:5000])
+    elif kind == "folder-without-checkpoint":
+        path = tmp_path / "empty-run"
+        path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "export", "resume"])
+@pytest.mark.parametrize("kind, message", [
+    ("empty", "is not a readable checkpoint"),
+    ("another-torch-file", "is not a nin checkpoint"),
+    ("truncated", "is not a readable checkpoint"),
+    ("folder-without-checkpoint", "no checkpoint at"),
+])
+def test_a_file_that_is_not_a_checkpoint_is_one_line(tiny_run, tmp_path, capsys, command, kind, message):
+    path = not_a_checkpoint(kind, tiny_run, tmp_path)
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(image)
+    argv = {"eval": ["eval", path], "predict": ["predict", path, image], "resume": ["train", "--resume", path],
+            "export": ["export", path, "--out", tmp_path / "exported"]}[command]
+    code, _, err = run_cli(argv, capsys)
+    assert_one_line_error(code, err, message)
+
+
+def test_eval_on_a_data_set_with_another_class_count_is_one_line(tiny_run, tmp_path, capsys):
+    two_classes = tmp_path / "two"
+    for name in ("cat", "dog"):
+        (two_classes / "test" / name).mkdir(parents=True)
+        Image.new("RGB", (16, 16), (200, 10, 10)).save(two_classes / "test" / name / "a.png")
+    code, _, err = run_cli(["eval", tiny_run, "--dataset", "folder", "--root", two_classes], capsys)
+    assert_one_line_error(code, err, "the model predicts 3 classes but folder has 2")
+
+
+# --- images for predict -----------------------------------------------------------------------------
+
+def palette(mode_size=(20, 14)) -> Image.Image:
+    image = Image.new("P", mode_size, 1)
+    image.putpalette([0, 0, 0, 30, 200, 90] + [0, 0, 0] * 254)
+    return image
+
+
+IMAGES = {
+    "rgba.png": lambda: Image.new("RGBA", (21, 17), (10, 200, 30, 128)),
+    "grey-alpha.png": lambda: Image.new("LA", (16, 16), (90, 0)),
+    "palette.png": palette,
+    "palette-transparent.png": lambda: palette(),  # saved with a transparent index below
+    "palette.gif": palette,
+    "16-bit.png": lambda: Image.fromarray((np.arange(24 * 24, dtype=np.uint16) * 113).reshape(24, 24)),
+    "1-bit.png": lambda: Image.new("1", (9, 9), 1),
+    "cmyk.jpg": lambda: Image.new("CMYK", (16, 16), (0, 255, 255, 0)),
+    "float.tiff": lambda: Image.fromarray(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)),
+}
+
+
+def test_predict_converts_alpha_palette_and_16_bit_images(tiny_run, tmp_path, capsys):
+    paths = []
+    for name, make in IMAGES.items():
+        path = tmp_path / name
+        extra = {"transparency": 1} if name == "palette-transparent.png" else {}
+        make().save(path, **extra)
+        paths.append(path)
+    assert Image.open(tmp_path / "16-bit.png").mode.startswith("I;16")
+
+    code, out, err = run_cli(["predict", tiny_run, *paths, "--topk", "2"], capsys)
+
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == [str(p) for p in paths]
+    assert all(line.count("%") == 2 for line in lines)
+
+
+@pytest.mark.parametrize("name, content", [
+    ("empty.png", b""),
+    ("cut.png", "truncated PNG"),
+    ("noise.jpg", bytes(range(256)) * 4),
+    ("folder.png", "a folder"),
+])
+def test_predict_on_something_that_is_not_an_image_is_one_line(tiny_run, tmp_path, capsys, name, content):
+    path = tmp_path / name
+    if content == "truncated PNG":
+        Image.new("RGB", (40, 40), (1, 2, 3)).save(tmp_path / "whole.png")
+        path.write_bytes((tmp_path / "whole.png").read_bytes()[:60])
+    elif content == "a folder":
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    code, _, err = run_cli(["predict", tiny_run, path], capsys)
+    assert_one_line_error(code, err, str(path))
+
+
+# --- image folders for training -----------------------------------------------------------------------
+
+def make_folder(root, train: dict[str, int], test: dict[str, int]):
+    for split, counts in (("train", train), ("test", test)):
+        for name, count in counts.items():
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                Image.new("RGB", (8, 8), (index * 40, 0, 0)).save(root / split / name / f"{index}.png")
+    return root
+
+
+@pytest.mark.parametrize("train, test, message", [
+    ({}, {"a": 2, "b": 2}, "no class folders in"),
+    ({"a": 0, "b": 0}, {"a": 2, "b": 2}, "no images (.png"),
+    ({"a": 8}, {"a": 2}, "holds images of one class only (a)"),
+    ({"a": 4, "b": 4}, {}, "no class folders in"),  # the test split is missing
+    ({"a": 4, "b": 4}, {"a": 2, "c": 2}, "differ from the training split's"),
+    ({"a": 1, "b": 1}, {"a": 1, "b": 1}, "2 training images are fewer than one batch of 4"),
+], ids=["empty", "class-folders-without-images", "one-class", "no-test-split", "other-test-classes",
+        "fewer-than-a-batch"])
+def test_a_folder_that_cannot_be_trained_on_is_one_line(tmp_path, capsys, train, test, message):
+    root = make_folder(tmp_path / "data", train, test)
+    (root / "train").mkdir(exist_ok=True)
+    code, _, err = run_cli(["train", "--dataset", "folder", "--root", root, *FAST, "--out", tmp_path / "run"], capsys)
+    assert_one_line_error(code, err, message)
+
+
+def test_a_corrupt_image_among_the_training_images_is_named(tmp_path, capsys):
+    root = make_folder(tmp_path / "data", {"a": 4, "b": 4}, {"a": 2, "b": 2})
+    (root / "train" / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30)
+    code, _, err = run_cli(["train", "--dataset", "folder", "--root", root, *FAST, "--out", tmp_path / "run"], capsys)
+    assert_one_line_error(code, err, "broken.png is not a readable image")
+
+
+def test_resuming_after_the_data_gained_a_class_is_one_line(tmp_path, capsys):
+    run = train_tiny_run(tmp_path)
+    new_class = tmp_path / "data" / "train" / "yellow"
+    new_class.mkdir()
+    for index in range(4):
+        Image.new("RGB", (20, 20), (200, 200, index)).save(new_class / f"{index}.png")
+    (tmp_path / "data" / "test" / "yellow").mkdir()
+    Image.new("RGB", (20, 20), (200, 200, 0)).save(tmp_path / "data" / "test" / "yellow" / "0.png")
+
+    code, _, err = run_cli(["train", "--resume", run, "--epochs", "2"], capsys)
+
+    assert_one_line_error(code, err, "the checkpoint does not fit this run's model or optimizer")
