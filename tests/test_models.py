@@ -130,3 +130,33 @@ def test_unknown_model_name_lists_the_known_ones():
 
 def test_model_class_is_exported():
     assert isinstance(nin.create_model("nin_mnist"), NIN) and "nin_mnist" in list_models()
+
+
+def test_locally_connected_layer_is_a_convolution_with_a_filter_per_position():
+    from nin.models import LocallyConnected2d
+
+    layer = LocallyConnected2d(3, 4, size=6, kernel=3, padding=1)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    with torch.no_grad():  # give every position the convolution's filter: the outputs must agree
+        layer.weight.copy_(conv.weight.reshape(4, -1).expand(36, 4, 27))
+        layer.bias.copy_(conv.bias.view(4, 1, 1).expand(4, 6, 6))
+    x = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(layer(x), conv(x))
+    with torch.no_grad():  # and one position's own filter changes that position only
+        layer.weight[7].zero_()
+    changed = (layer(x) - conv(x)).abs().sum(dim=(0, 1)) > 1e-3
+    assert changed.flatten().nonzero().flatten().tolist() == [7]
+
+
+@pytest.mark.parametrize("head,parameters", [("gap", 2_374_912), ("fc", 3_049_098), ("fc_dropout", 3_049_098)])
+def test_section_4_6_conventional_cnn_has_three_convolutions_and_a_locally_connected_layer(head, parameters):
+    from nin.models import LocallyConnected2d
+
+    model = create_model("cnn_sec46", head=head).eval()
+    assert count_parameters(model) == parameters
+    assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == 3
+    assert sum(isinstance(m, LocallyConnected2d) for m in model.modules()) == 1
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(nin.NinError, match="built for 8x8 maps, got 7x7"):
+        model(torch.randn(1, 3, 28, 28))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import NinError
@@ -31,6 +32,7 @@ class Stage:
     padding: int | None = None  # None: kernel // 2 ("same" for stride 1)
     pool: str = "max"  # pooling after this stage: max | avg | none
     dropout: bool = True  # dropout after this stage (and its pooling)
+    local: bool = False  # the k x k layer is locally connected (unshared weights): section 4.6's CNN
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,12 @@ ARCHS: dict[str, Arch] = {
                      input_size=32, in_channels=3, num_classes=10),
     "nin_mnist": Arch(_stages((5, (96, 64, 48)), (5, (128, 96, 48)), (5, (128, 96, 10))),
                       input_size=28, in_channels=1, num_classes=10),
+    # Section 4.6's conventional CNN: three convolutions and one locally connected layer whose maps go
+    # to the head. The paper gives no widths; we use NIN-CIFAR's (192) and its pooling and dropout.
+    "cnn_sec46": Arch(
+        (Stage(5, (192,)), Stage(5, (192,)), Stage(3, (192,), pool="none", dropout=False),
+         Stage(3, (10,), pool="none", dropout=False, local=True)),
+        input_size=32, in_channels=3, num_classes=10),
     "nin_imagenet": Arch(
         (Stage(11, (96, 96, 96), stride=4, padding=0, pool="max", dropout=False),
          Stage(5, (256, 256, 256), pool="max", dropout=False),
@@ -90,10 +98,12 @@ class NIN(nn.Module):
         stages = _resolve_stages(arch, self.num_classes, pools, head, fc_width)
         channels = in_channels or arch.in_channels
         pool_args = dict(kernel_size=3, stride=2, padding=arch.pool_padding, ceil_mode=arch.pool_ceil)
+        size = input_size or arch.input_size  # only locally connected layers and FC heads depend on it
         for index, stage in enumerate(stages, start=1):
             is_last = index == len(stages)
             final_relu = relu_before_gap or head != "gap" or not is_last
-            layers = _mlpconv_layers(stage, channels, batch_norm, final_relu)
+            layers = _mlpconv_layers(stage, channels, batch_norm, final_relu, size)
+            size = _stage_output_size(size, stage, arch)
             if stage.pool != "none":
                 pool_cls = nn.MaxPool2d if stage.pool == "max" else nn.AvgPool2d
                 layers.append(pool_cls(**pool_args))
@@ -104,7 +114,6 @@ class NIN(nn.Module):
         self.num_stages = len(stages)
         self.gap = nn.AdaptiveAvgPool2d(1)
         if head != "gap":  # the paper's Table 5 alternatives: flatten the maps into a linear layer
-            size = _feature_size(input_size or arch.input_size, stages, arch)
             fc = [nn.Flatten(), nn.Linear(channels * size * size, self.num_classes)]
             self.fc = nn.Sequential(nn.Dropout(dropout), *fc) if head == "fc_dropout" else nn.Sequential(*fc)
         self.head = head
@@ -140,18 +149,23 @@ def _resolve_stages(arch: Arch, num_classes: int, pools, head: str, fc_width) ->
         stages = [replace(s, pool=p) for s, p in zip(stages, pools)] + stages[-1:]
     last = stages[-1]
     # With GAP the last layer emits one map per class; with an FC head it emits features instead.
-    last_width = num_classes if head == "gap" else (fc_width or last.widths[-2])
+    features = last.widths[-2] if len(last.widths) > 1 else stages[-2].widths[-1]
+    last_width = num_classes if head == "gap" else (fc_width or features)
     stages[-1] = replace(last, widths=last.widths[:-1] + (last_width,))
     return stages
 
 
-def _mlpconv_layers(stage: Stage, in_channels: int, batch_norm: bool, final_relu: bool) -> list[nn.Module]:
+def _mlpconv_layers(stage: Stage, in_channels: int, batch_norm: bool, final_relu: bool,
+                    size: int) -> list[nn.Module]:
     layers: list[nn.Module] = []
     padding = stage.kernel // 2 if stage.padding is None else stage.padding
     for position, width in enumerate(stage.widths):
         kernel = stage.kernel if position == 0 else 1
-        conv = nn.Conv2d(in_channels, width, kernel, stride=stage.stride if position == 0 else 1,
-                         padding=padding if position == 0 else 0, bias=not batch_norm)
+        if position == 0 and stage.local:
+            conv = LocallyConnected2d(in_channels, width, size, kernel, padding, bias=not batch_norm)
+        else:
+            conv = nn.Conv2d(in_channels, width, kernel, stride=stage.stride if position == 0 else 1,
+                             padding=padding if position == 0 else 0, bias=not batch_norm)
         layers.append(conv)
         if batch_norm:
             layers.append(nn.BatchNorm2d(width))
@@ -161,14 +175,42 @@ def _mlpconv_layers(stage: Stage, in_channels: int, batch_norm: bool, final_relu
     return layers
 
 
-def _feature_size(size: int, stages: list[Stage], arch: Arch) -> int:
-    for stage in stages:
-        padding = stage.kernel // 2 if stage.padding is None else stage.padding
-        size = (size + 2 * padding - stage.kernel) // stage.stride + 1
-        if stage.pool != "none":
-            span = size + 2 * arch.pool_padding - 3
-            size = (math.ceil(span / 2) if arch.pool_ceil else span // 2) + 1
+def _stage_output_size(size: int, stage: Stage, arch: Arch) -> int:
+    padding = stage.kernel // 2 if stage.padding is None else stage.padding
+    size = (size + 2 * padding - stage.kernel) // stage.stride + 1
+    if stage.pool != "none":
+        span = size + 2 * arch.pool_padding - 3
+        size = (math.ceil(span / 2) if arch.pool_ceil else span // 2) + 1
     return size
+
+
+class LocallyConnected2d(nn.Module):
+    """A convolution without weight sharing (stride 1): every output position has its own filter.
+    Built from ``unfold``; the input size is fixed at construction. Shapes: (N, C, H, W) ->
+    unfold (N, C*k*k, L=H'*W') -> per-position matmul with weight (L, out, C*k*k) -> (N, out, H', W')."""
+
+    def __init__(self, in_channels: int, out_channels: int, size: int, kernel: int, padding: int = 0,
+                 bias: bool = True):
+        super().__init__()
+        self.in_channels, self.out_channels, self.kernel, self.padding = in_channels, out_channels, kernel, padding
+        self.size, self.out_size = size, size + 2 * padding - kernel + 1
+        positions, fan_in = self.out_size ** 2, in_channels * kernel * kernel
+        self.weight = nn.Parameter(torch.empty(positions, out_channels, fan_in))
+        self.bias = nn.Parameter(torch.zeros(out_channels, self.out_size, self.out_size)) if bias else None
+        nn.init.uniform_(self.weight, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))  # PyTorch's conv default
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (self.size, self.size):
+            raise NinError(f"the locally connected layer was built for {self.size}x{self.size} maps, got "
+                           f"{x.shape[-2]}x{x.shape[-1]}: build the model with input_size = your images' size")
+        patches = F.unfold(x, self.kernel, padding=self.padding)  # (N, C*k*k, L)
+        out = torch.einsum("ncl,loc->nol", patches, self.weight)
+        out = out.reshape(x.shape[0], self.out_channels, self.out_size, self.out_size)
+        return out + self.bias if self.bias is not None else out
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, size={self.size}, kernel_size={self.kernel}, "
+                f"padding={self.padding}")
 
 
 def _initialise(model: NIN, init: str) -> None:
@@ -177,10 +219,12 @@ def _initialise(model: NIN, init: str) -> None:
     gaussian: the authors' N(0, 0.05) weights, zero biases. torch: PyTorch's defaults (the seed)."""
     if init == "torch":
         return
-    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear, LocallyConnected2d))]
     for module in convs:
         if init == "gaussian":
             nn.init.normal_(module.weight, std=0.05)
+        elif isinstance(module, LocallyConnected2d):  # He-normal over its fan-out, as for convolutions
+            nn.init.normal_(module.weight, std=math.sqrt(2.0 / (module.out_channels * module.kernel ** 2)))
         else:
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         if module.bias is not None:
@@ -218,9 +262,11 @@ def _register(name: str, arch: str, **defaults) -> None:
     _REGISTRY[name] = builder
 
 
+# the FC heads of section 4.6 take 16 locally connected maps (192 would make a 22M-parameter layer)
+_ARCH_DEFAULTS = {"cnn_sec46": {"fc_width": 16}}
 for _arch in ARCHS:
-    _register(_arch, _arch)
-    _register(f"{_arch}_bn", _arch, batch_norm=True)  # BatchNorm after every conv: a named variant
+    _register(_arch, _arch, **_ARCH_DEFAULTS.get(_arch, {}))
+    _register(f"{_arch}_bn", _arch, batch_norm=True, **_ARCH_DEFAULTS.get(_arch, {}))  # BatchNorm after every conv
 
 
 def list_models() -> list[str]:
