@@ -81,6 +81,19 @@ def get_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", metavar="PNG", help="default: RUN_DIR/curves.png")
     plot.set_defaults(handler=cmd_plot)
 
+    reproduce = commands.add_parser("reproduce", help="run the paper's rows (nin reproduce --list) and write "
+                                    "results.md")
+    reproduce.add_argument("target", nargs="?", help="all, a group (table1..table5, sec4.6, fig3) or a row")
+    reproduce.add_argument("--list", action="store_true", help="print every row with its paper number")
+    reproduce.add_argument("--seeds", type=int, default=1)
+    reproduce.add_argument("--out", default="reproduce", help="where the runs and results.md go")
+    reproduce.add_argument("--dataset", help="run the rows on another data set (e.g. fashion-mnist)")
+    reproduce.add_argument("--root", help="where the data sets lie")
+    reproduce.add_argument("--device")
+    for flag, kind in (("--epochs", int), ("--train-subset", int), ("--test-subset", int), ("--batch-size", int)):
+        reproduce.add_argument(flag, type=kind)
+    reproduce.set_defaults(handler=cmd_reproduce)
+
     models = commands.add_parser("models", help="list the model variants")
     models.set_defaults(handler=cmd_models)
     recipes = commands.add_parser("recipes", help="list the shipped recipes")
@@ -191,6 +204,20 @@ def cmd_data(args) -> int:
         part = load_dataset(args.dataset, args.root, split, download=args.download)
         print(f"{info.title} {split}: {len(part.labels)} images {tuple(part.images.shape[1:])}, "
               f"{len(part.classes)} classes")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from .reproduce import check_overrides, format_list, reproduce
+
+    if args.list:
+        print(format_list())
+        return 0
+    if not args.target:
+        raise NinError("nin reproduce needs a TARGET (all, a group or a row) or --list")
+    names = ("dataset", "root", "device", "epochs", "train_subset", "test_subset", "batch_size")
+    overrides = check_overrides({name: getattr(args, name) for name in names if getattr(args, name) is not None})
+    reproduce(args.target, seeds=args.seeds, out=args.out, overrides=overrides)
     return 0
 
 

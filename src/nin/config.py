@@ -22,6 +22,8 @@ from .errors import NinError
 class TrainConfig:
     recipe: str = ""
     description: str = ""
+    paper: str = ""  # the row of the paper a recipe reproduces, e.g. "Table 1: CIFAR-10, dropout"
+    paper_error: float = 0.0  # that row's test error in percent
     # model
     model: str = "nin_mnist_bn"
     dropout: float = 0.5
@@ -32,6 +34,7 @@ class TrainConfig:
     # data
     dataset: str = "fashion-mnist"
     root: str = ""  # empty: the default location (Debian's Fashion-MNIST, else ./data)
+    train_split: str = "train"  # the split(s) trained on; "train+extra" joins SVHN's two training splits
     image_size: int = 0  # 0: the data set's own size (folder data sets are resized to it)
     channels: int = 0  # 0: the data set's own channel count
     train_subset: int = 0  # >0: train on the first N training images

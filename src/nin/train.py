@@ -70,7 +70,7 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
     size = config.image_size or (info.size if config.dataset != "folder" else model_cfg.input_size)
     channels = config.channels or info.channels
     root = config.root or None
-    train = load_dataset(config.dataset, root, "train", image_size=size, channels=channels)
+    train = _load_training_splits(config, root, size, channels)
     test = load_dataset(config.dataset, root, "test", image_size=size, channels=channels)
     if test.classes != train.classes:
         raise NinError(f"the test split's classes {test.classes} differ from the training split's {train.classes}")
@@ -89,6 +89,16 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
     test_loader = DeviceLoader(test_images, test_labels, normalize, batch_size=config.eval_batch_size, **common)
     return Data(train_loader, test_loader, train.classes, normalize, int(train_images.shape[1]),
                 int(train_images.shape[2]))
+
+
+def _load_training_splits(config: TrainConfig, root, size: int, channels: int):
+    """The training split, or several joined ("train+extra"): one uint8 tensor, as a single split."""
+    parts = [load_dataset(config.dataset, root, split, image_size=size, channels=channels)
+             for split in config.train_split.split("+")]
+    if len(parts) == 1:
+        return parts[0]
+    return type(parts[0])(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
+                          parts[0].classes)
 
 
 def _first(tensor: torch.Tensor, count: int) -> torch.Tensor:

@@ -1,0 +1,120 @@
+"""``nin reproduce TARGET``: run the recipes of the paper's rows and write ``results.md``.
+
+A row is a recipe with a ``paper`` field (``table1-dropout``, ``table5-gap``, ``sec4.6-fc``...); a
+target is a row, a group (``table1`` ... ``table5``, ``sec4.6``, ``fig3``) or ``all``. Every data set
+the rows need is checked before any training starts.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+from .config import TrainConfig, from_dict, list_recipes, load_recipe
+from .data import dataset_info, load_dataset
+from .errors import NinError
+from .hardware import describe_hardware
+
+
+GROUPS = ("table1", "table2", "table3", "table4", "table5", "sec4.6", "fig3")  # the paper's order
+
+
+def paper_rows() -> dict[str, TrainConfig]:
+    """Every recipe that reproduces a row of the paper, by name, in the paper's order."""
+    rows = {name: load_recipe(name) for name in list_recipes()}
+    rows = {name: recipe for name, recipe in rows.items() if recipe.paper}
+    return dict(sorted(rows.items(), key=lambda item: (GROUPS.index(_group(item[0])), item[0])))
+
+
+def _group(row: str) -> str:
+    return row.split("-", 1)[0]
+
+
+def select_rows(target: str) -> list[str]:
+    rows = paper_rows()
+    if target == "all":
+        return list(rows)
+    if target in rows:
+        return [target]
+    chosen = [name for name in rows if _group(name) == target]
+    if not chosen:
+        groups = [group for group in GROUPS if any(_group(name) == group for name in rows)]
+        raise NinError(f"unknown target {target!r}: expected all, a group ({', '.join(groups)}) or a row "
+                       f"(nin reproduce --list)")
+    return chosen
+
+
+def format_list() -> str:
+    lines = [f"{'row':20s} {'paper error':>11s}  {'data set':14s} paper setting"]
+    for name, recipe in paper_rows().items():
+        lines.append(f"{name:20s} {recipe.paper_error:10.2f}%  {recipe.dataset:14s} {recipe.paper}")
+    return "\n".join(lines)
+
+
+def row_config(row: str, seed: int, out: Path, overrides: dict) -> TrainConfig:
+    recipe = paper_rows()[row]
+    changes = {**overrides, "seed": seed, "out": str(out / row / f"seed{seed}"), "progress": False}
+    if overrides.get("dataset", recipe.dataset) != recipe.dataset:
+        changes["train_split"] = "train"  # another data set's own training split (no SVHN extra)
+    return from_dict(changes, base=recipe, source=f"reproduce {row}")
+
+
+def check_data(configs: list[TrainConfig]) -> None:
+    """Stop before any training when a data set is missing (the error names it and how to get it)."""
+    for dataset, root, split in sorted({(c.dataset, c.root, c.train_split) for c in configs}):
+        for part in split.split("+") + ["test"]:
+            if dataset != "folder":
+                load_dataset(dataset, root or None, part)
+
+
+def reproduce(target: str, *, seeds: int = 1, out: str | Path = "reproduce", overrides: dict | None = None,
+              log=print) -> Path:
+    """Train every row of ``target`` with ``seeds`` seeds; returns the path of ``results.md``."""
+    from .train import fit
+
+    if seeds < 1:
+        raise NinError(f"--seeds must be 1 or more, got {seeds}")
+    out, overrides = Path(out), dict(overrides or {})
+    rows = select_rows(target)
+    plans = {row: [row_config(row, seed, out, overrides) for seed in range(seeds)] for row in rows}
+    check_data([config for configs in plans.values() for config in configs])
+    results = []
+    for row, configs in plans.items():
+        runs = []
+        for config in configs:
+            started = time.perf_counter()
+            metrics = fit(config, log=lambda line, row=row, seed=config.seed: log(f"[{row} seed {seed}] {line}"))
+            runs.append((metrics["error"], time.perf_counter() - started, metrics["run_dir"]))
+        results.append((row, configs[0], runs))
+        _write_results(out / "results.md", results, overrides)  # after every row: a partial table survives
+    log(f"results: {out / 'results.md'}")
+    return out / "results.md"
+
+
+def _write_results(path: Path, results: list, overrides: dict) -> None:
+    lines = ["# nin reproduce", "", f"hardware: {describe_hardware(overrides.get('device', 'auto'))}", "",
+             "| row | paper setting | data set | paper error | ours (mean ± std) | seeds | epochs | wall time "
+             "per run | run folders |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for row, config, runs in results:
+        errors = [100 * error for error, _, _ in runs]
+        spread = statistics.stdev(errors) if len(errors) > 1 else 0.0
+        note = "" if config.dataset == paper_rows()[row].dataset else f" (paper: {paper_rows()[row].dataset})"
+        lines.append(f"| {row} | {config.paper} | {dataset_info(config.dataset).title}{note} | "
+                     f"{config.paper_error:.2f}% | {statistics.mean(errors):.2f} ± {spread:.2f}% | {len(runs)} | "
+                     f"{config.epochs} | {statistics.mean(t for _, t, _ in runs) / 60:.1f} min | "
+                     f"{', '.join(run_dir for _, _, run_dir in runs)} |")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def override_fields() -> tuple[str, ...]:
+    """The recipe fields ``nin reproduce`` lets a user change (where and how long, not what)."""
+    return ("dataset", "root", "device", "epochs", "train_subset", "test_subset", "batch_size", "compile",
+            "channels_last", "amp")
+
+
+def check_overrides(overrides: dict) -> dict:
+    unknown = sorted(set(overrides) - set(override_fields()))
+    if unknown:
+        raise NinError(f"nin reproduce cannot change {unknown[0]}; it can change {', '.join(override_fields())}")
+    return overrides

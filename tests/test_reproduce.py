@@ -1,0 +1,60 @@
+"""`nin reproduce`: every row of the paper is a recipe, and every recipe trains on its real file format."""
+import pytest
+
+from nin.cli import main
+from nin.reproduce import paper_rows, select_rows
+from test_data import write_cifar10, write_cifar100, write_mnist, write_svhn
+
+PAPER = {"table1-dropout": 10.41, "table1-dropout-aug": 8.81, "table2": 35.68, "table3": 2.35, "table4": 0.47,
+         "table5-fc": 11.59, "table5-fc-dropout": 10.88, "table5-gap": 10.41, "sec4.6-fc": 17.56,
+         "sec4.6-fc-dropout": 15.99, "sec4.6-gap": 16.46, "fig3-no-dropout": 14.51}
+TINY = ["--epochs", "1", "--train-subset", "16", "--test-subset", "8", "--batch-size", "8", "--device", "cpu"]
+
+
+def test_list_shows_every_row_of_the_paper_with_its_number(capsys):
+    assert main(["reproduce", "--list"]) == 0
+    listing = capsys.readouterr().out
+    for row, error in PAPER.items():
+        assert row in listing and f"{error:.2f}%" in listing
+    assert {name: recipe.paper_error for name, recipe in paper_rows().items()} == PAPER
+
+
+def test_targets_select_groups_rows_or_everything():
+    assert select_rows("table1") == ["table1-dropout", "table1-dropout-aug"]
+    assert select_rows("sec4.6") == ["sec4.6-fc", "sec4.6-fc-dropout", "sec4.6-gap"]
+    assert select_rows("table3") == ["table3"] and len(select_rows("all")) == 12
+
+
+@pytest.fixture(scope="module")
+def paper_data(tmp_path_factory):
+    """CIFAR-10, CIFAR-100, SVHN (train, extra, test) and MNIST in their real on-disk formats."""
+    root = tmp_path_factory.mktemp("paper-data")
+    write_cifar10(root, n=4)  # 5 batches of 4 = 20 training images
+    write_cifar100(root, n=20)
+    for split in ("train", "extra", "test"):
+        write_svhn(root, split, n=10)
+    write_mnist(root / "MNIST" / "raw", n=20)
+    return root
+
+
+def test_every_recipe_trains_a_few_steps_and_lands_in_results_md(paper_data, tmp_path, capsys):
+    assert main(["reproduce", "all", "--root", str(paper_data), "--out", str(tmp_path), *TINY]) == 0
+    table = (tmp_path / "results.md").read_text()
+    for row, error in PAPER.items():
+        line = next(line for line in table.splitlines() if line.startswith(f"| {row} |"))
+        assert f"{error:.2f}%" in line and str(tmp_path / row / "seed0") in line
+        assert (tmp_path / row / "seed0" / "checkpoint.pt").is_file()
+    assert "hardware:" in table
+
+
+def test_a_missing_data_set_stops_before_any_training(paper_data, tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    assert main(["reproduce", "table1", "--root", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+                 *TINY]) == 2
+    assert "CIFAR-10 not found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_reproduce_needs_a_target(capsys):
+    assert main(["reproduce"]) == 2
+    assert "needs a TARGET" in capsys.readouterr().err
