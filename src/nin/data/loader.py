@@ -16,6 +16,7 @@ class Normalize:
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def fit(cls, images: torch.Tensor, chunk: int = 8192) -> "Normalize":
@@ -32,10 +33,17 @@ class Normalize:
         return cls(mean.tolist(), std.tolist())
 
     def __call__(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1, 1, 1)
-        mean = torch.tensor(self.mean, device=images_uint8.device).view(shape) * 255.0
-        scale = 1.0 / (torch.tensor(self.std, device=images_uint8.device).view(shape) * 255.0)
+        mean, scale = self._constants(images_uint8.device)
         return (images_uint8.float() - mean) * scale
+
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, 1/std) on the 0..255 scale, made once per device: no host-to-device copy per batch."""
+        if device not in self._on_device:
+            shape = (1, -1, 1, 1)
+            mean = torch.tensor(self.mean, device=device).view(shape) * 255.0
+            scale = 1.0 / (torch.tensor(self.std, device=device).view(shape) * 255.0)
+            self._on_device[device] = (mean, scale)
+        return self._on_device[device]
 
     def state_dict(self) -> dict:
         return {"mean": self.mean, "std": self.std}
