@@ -73,3 +73,14 @@ def assert_same_run(straight: Path, resumed: Path) -> None:
     assert [int(r["epoch"]) for r in rows_b] == list(range(1, EPOCHS + 1))  # each epoch exactly once
     for row_a, row_b in zip(rows_a, rows_b):
         assert {k: v for k, v in row_a.items() if k != "seconds"} == {k: v for k, v in row_b.items() if k != "seconds"}
+
+
+def signal_and_collect(process, signum: int, timeout: float = 60) -> tuple[str, str]:
+    """Send ``signum`` to a child process and return its (stdout, stderr); never leave it running."""
+    try:
+        process.send_signal(signum)
+        return process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()

@@ -21,7 +21,8 @@ import nin.train
 from nin.checkpoint import FORMAT, VERSION, atomic_save, load_checkpoint, resolve_checkpoint
 from nin.errors import NinError
 from nin.train import fit, resume_config
-from run_checks import EPOCHS, assert_same_run, metrics_rows, quiet, small_config, train_straight
+from run_checks import (EPOCHS, assert_same_run, metrics_rows, quiet, signal_and_collect, small_config,
+                        train_straight)
 
 VALUES = 4_000_000  # a 32 MB tensor: each write takes tens of milliseconds, long enough to be hit mid-way
 KILL_DELAYS = (0.0, 0.03, 0.07, 0.15, 0.26, 0.4)  # seconds after the writer is ready
@@ -53,16 +54,12 @@ def test_sigkill_while_saving_never_leaves_a_torn_checkpoint(tmp_path):
         first = (kill + 1) * 1_000_000
         writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(first)], stdout=subprocess.PIPE,
                                   text=True, env=env)
-        try:
-            ready, _, _ = select.select([writer.stdout], [], [], 60)
-            assert ready and writer.stdout.readline() == "ready\n"
-            time.sleep(delay)
-            writer.send_signal(signal.SIGKILL)
-            out, _ = writer.communicate(timeout=30)
-        finally:
-            if writer.poll() is None:
-                writer.kill()
-                writer.communicate()
+        ready, _, _ = select.select([writer.stdout], [], [], 60)
+        if not (ready and writer.stdout.readline() == "ready\n"):
+            signal_and_collect(writer, signal.SIGKILL)
+            pytest.fail("the checkpoint writer did not start")
+        time.sleep(delay)
+        out, _ = signal_and_collect(writer, signal.SIGKILL, timeout=30)
         assert writer.returncode == -signal.SIGKILL
         finished = [int(line) for line in out.split()]
 

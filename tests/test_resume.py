@@ -17,7 +17,8 @@ import pytest
 
 from nin.checkpoint import load_checkpoint
 from nin.train import Interrupted, Run, fit, resume_config
-from run_checks import STEPS_PER_EPOCH, assert_same_run, metrics_rows, quiet, small_config, train_straight
+from run_checks import (STEPS_PER_EPOCH, assert_same_run, metrics_rows, quiet, signal_and_collect, small_config,
+                        train_straight)
 from tiny_run import write_folder_dataset
 
 
@@ -110,13 +111,11 @@ def test_nin_train_stopped_by_sigterm_exits_75_and_resumes(tmp_path):
             assert process.poll() is None, process.communicate()
             assert time.monotonic() < deadline, "no checkpoint after 60 s"
             time.sleep(0.05)
-        time.sleep(0.5)
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+    except BaseException:
+        signal_and_collect(process, signal.SIGKILL)
+        raise
+    time.sleep(0.5)
+    out, err = signal_and_collect(process, signal.SIGTERM)
 
     assert process.returncode == 75, (out, err)
     assert "Traceback" not in err

@@ -129,13 +129,13 @@ class WithPreprocessing(nn.Module):
 
     def __init__(self, model: nn.Module, mean, std):
         super().__init__()
+        from .data.preprocess import Standardize  # the training path's own transform, as a module
+
         self.model = model
-        shape = (1, -1, 1, 1)
-        self.register_buffer("mean", torch.tensor([float(m) for m in mean]).view(shape) * 255.0)
-        self.register_buffer("scale", 1.0 / (torch.tensor([float(s) for s in std]).view(shape) * 255.0))
+        self.preprocess = Standardize(mean, std).to_module()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model((images.float() - self.mean) * self.scale)
+        return self.model(self.preprocess(images))
 
 
 # --- paths ------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ the rows need is checked before any training starts.
 """
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from pathlib import Path
@@ -21,9 +22,15 @@ GROUPS = ("table1", "table2", "table3", "table4", "table5", "sec4.6", "fig3")  #
 
 def paper_rows() -> dict[str, TrainConfig]:
     """Every recipe that reproduces a row of the paper, by name, in the paper's order."""
+    return dict(_paper_rows())
+
+
+@functools.lru_cache(maxsize=1)
+def _paper_rows() -> tuple[tuple[str, TrainConfig], ...]:
+    """The shipped recipes are read once per process (configs are never mutated: from_dict copies)."""
     rows = {name: load_recipe(name) for name in list_recipes()}
     rows = {name: recipe for name, recipe in rows.items() if recipe.paper}
-    return dict(sorted(rows.items(), key=lambda item: (GROUPS.index(_group(item[0])), item[0])))
+    return tuple(sorted(rows.items(), key=lambda item: (GROUPS.index(_group(item[0])), item[0])))
 
 
 def _group(row: str) -> str:
@@ -98,7 +105,8 @@ def _write_results(path: Path, results: list, overrides: dict) -> None:
     for row, config, runs in results:
         errors = [100 * error for error, _, _ in runs]
         spread = statistics.stdev(errors) if len(errors) > 1 else 0.0
-        note = "" if config.dataset == paper_rows()[row].dataset else f" (paper: {paper_rows()[row].dataset})"
+        paper_dataset = paper_rows()[row].dataset
+        note = "" if config.dataset == paper_dataset else f" (paper: {paper_dataset})"
         lines.append(f"| {row} | {config.paper} | {dataset_info(config.dataset).title}{note} | "
                      f"{config.paper_error:.2f}% | {statistics.mean(errors):.2f} ± {spread:.2f}% | {len(runs)} | "
                      f"{config.epochs} | {statistics.mean(t for _, t, _ in runs) / 60:.1f} min | "
