@@ -36,6 +36,10 @@ def trained(run):
 
 @pytest.fixture(scope="module")
 def test_images(run):
+    return run_test_images(run)
+
+
+def run_test_images(run) -> torch.Tensor:
     """The run's own test images, uint8 (N, 3, 16, 16), as `nin eval` reads them."""
     config = json.loads((run / "config.json").read_text())
     with pytest.MonkeyPatch.context() as patch:
@@ -191,6 +195,94 @@ def test_torchscript_round_trip(run, trained, test_images, tmp_path, capsys):
         assert (loaded(test_images) - expected).abs().max() <= 1e-5
         assert (loaded(test_images.float()) - expected).abs().max() <= 1e-5  # float pixels 0..255 too
         assert loaded(test_images[:1]).shape == (1, 3)
+
+
+# --- runs trained with the paper's preprocessing: GCN + ZCA (CIFAR), LCN (SVHN) -------------------------
+
+@pytest.fixture(scope="module", params=["gcn_zca", "lcn"])
+def preprocessed(request, tmp_path_factory):
+    """(kind, run, trained, test images): a tiny run with that preprocessing (16x16x3: a 768-dim ZCA)."""
+    run = train_tiny_run(tmp_path_factory.mktemp(request.param), preprocess=request.param)
+    return request.param, run, load_trained(run), run_test_images(run)
+
+
+def test_runs_with_gcn_zca_or_lcn_are_exported_with_their_preprocessing_described(preprocessed, tmp_path):
+    kind, run, trained, _ = preprocessed
+    assert trained.normalize.kind == kind and ModelInfo.from_trained(trained).kind == kind  # no refusal
+    export(run, "safetensors", tmp_path / "m")
+    config = json.loads((tmp_path / "m.json").read_text())
+    assert config["format_version"] == 2 and "normalization" not in config  # no mean/std to misapply
+    block = config["preprocessing"]
+    assert block["kind"] == kind and kind.split("_")[-1] in block["description"].lower()
+    assert {k: v for k, v in block.items() if k not in ("description", "tensors")} == {
+        k: (list(v) if isinstance(v, tuple) else v) for k, v in trained.normalize.state_dict().items()
+        if not isinstance(v, torch.Tensor)}
+    assert kind in config["input"]["preprocessing"] and config["input"]["dtype"] == "float32"
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "m.safetensors"), framework="pt") as handle:
+        stored = {key: handle.get_tensor(key) for key in handle.keys() if key.startswith("preprocess.")}
+    if kind == "gcn_zca":
+        assert block["tensors"] == {"mean": "preprocess.mean", "whiten": "preprocess.whiten"}
+        assert torch.equal(stored["preprocess.whiten"], trained.normalize.whiten)
+        assert torch.equal(stored["preprocess.mean"], trained.normalize.mean)
+        assert stored["preprocess.whiten"].shape == (768, 768)
+    else:
+        assert stored == {} and "tensors" not in block
+
+
+def test_safetensors_round_trip_of_gcn_zca_and_lcn_runs(preprocessed, tmp_path):
+    kind, run, trained, images = preprocessed
+    export(run, "safetensors", tmp_path / "m")
+    expected = reference_logits(trained, images)
+    model = nin.load(tmp_path / "m.safetensors")
+    assert model.info.kind == kind and model.info.mean is None
+    assert "preprocess.mean" not in model.state_dict()
+    with torch.no_grad():
+        assert (model(model.info.normalize()(images)) - expected).abs().max() <= 1e-5
+        created = nin.create_model("nin_mnist_bn", weights=tmp_path / "m.json").eval()
+        assert (created(created.info.normalize()(images)) - expected).abs().max() <= 1e-5
+        hub = torch.hub.load(str(REPO), "nin_mnist_bn", source="local", weights=str(tmp_path / "m.safetensors"))
+        assert (hub.eval()(hub.info.normalize()(images)) - expected).abs().max() <= 1e-5
+
+
+def test_onnx_export_of_gcn_zca_and_lcn_runs_takes_raw_pixels(preprocessed, tmp_path, capsys):
+    kind, run, trained, images = preprocessed
+    assert "checked with onnxruntime" in export(run, "onnx", tmp_path / "m", capsys)
+    config = json.loads((tmp_path / "m.json").read_text())
+    assert config["preprocessing"]["kind"] == kind and "tensors" not in config["preprocessing"]
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    expected = reference_logits(trained, images).numpy()
+    for batch in (images, images[:1]):
+        (logits,) = session.run(None, {"images": batch.numpy()})
+        assert np.abs(logits - expected[: len(batch)]).max() <= 1e-4
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
+def test_torchscript_export_of_gcn_zca_and_lcn_runs_takes_raw_pixels(preprocessed, tmp_path):
+    kind, run, trained, images = preprocessed
+    export(run, "torchscript", tmp_path / "m")
+    loaded = torch.jit.load(str(tmp_path / "m.torchscript.pt"))
+    expected = reference_logits(trained, images)
+    with torch.no_grad():
+        assert (loaded(images) - expected).abs().max() <= 1e-5
+        assert (loaded(images.float()) - expected).abs().max() <= 1e-5
+        assert (loaded(images[:1]) - expected[:1]).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("preprocessed", ["gcn_zca"], indirect=True)  # lcn has no tensors to lose
+def test_a_gcn_zca_export_without_its_whitening_matrix_is_refused(preprocessed, tmp_path):
+    _, run, _, _ = preprocessed
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    export(run, "safetensors", tmp_path / "m")
+    with safe_open(str(tmp_path / "m.safetensors"), framework="pt") as handle:
+        kept = {key: handle.get_tensor(key) for key in handle.keys() if key != "preprocess.whiten"}
+    save_file(kept, str(tmp_path / "m.safetensors"))
+    with pytest.raises(NinError, match="cannot rebuild its gcn_zca preprocessing") as error:
+        nin.load(tmp_path / "m.safetensors")
+    assert "\n" not in str(error.value)
 
 
 # --- torch.hub ------------------------------------------------------------------------------------

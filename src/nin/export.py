@@ -1,11 +1,15 @@
 """Exports of a trained model: safetensors weights + a JSON config, ONNX, TorchScript; and loading back.
 
 Every export writes ``BASE.<suffix>`` and a JSON file beside it, ``BASE.json``, that says what the file
-is (model name and arguments, class names, normalisation) and exactly what a caller must feed it:
+is (model name and arguments, class names, preprocessing) and exactly what a caller must feed it:
 
 - ``safetensors``: the bare network's weights (``safetensors.torch.save_file``, no pickle). The network
-  takes float32 NCHW images already normalised: ``(pixels / 255 - mean) / std`` per channel.
-  ``nin.load(BASE.safetensors)`` or ``nin.create_model(name, weights=BASE.safetensors)`` rebuild it.
+  takes float32 NCHW images already preprocessed as in training: for the default standardisation
+  ``(pixels / 255 - mean) / std`` per channel; for ``gcn_zca`` and ``lcn`` the JSON's ``preprocessing``
+  block has the settings, and gcn_zca's mean and whitening matrix are in the same file
+  (``preprocess.mean``, ``preprocess.whiten``). ``nin.load(BASE.safetensors)`` or
+  ``nin.create_model(name, weights=BASE.safetensors)`` rebuild the network, and ``model.info.normalize()``
+  the preprocessing.
 - ``onnx`` and ``torchscript``: the network with its preprocessing inside (``WithPreprocessing``): it
   takes raw **uint8** NCHW pixels, 0..255, any batch size, and returns logits.
 
@@ -29,73 +33,108 @@ from .errors import NinError
 from .models import NIN, create_model
 
 FORMAT = "nin-export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the "preprocessing" block (gcn_zca, lcn); standardize exports are still written as 1
 FORMATS = ("safetensors", "onnx", "torchscript")
 SUFFIXES = {"safetensors": ".safetensors", "onnx": ".onnx", "torchscript": ".torchscript.pt"}
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
+TENSOR_PREFIX = "preprocess."  # a safetensors export's preprocessing tensors: preprocess.mean, preprocess.whiten
 JSON_KEY = "nin"  # the JSON config is also kept inside each file (safetensors/ONNX metadata, TorchScript extra file)
 
 
 @dataclass
 class ModelInfo:
-    """What a caller needs besides the weights: the architecture, the classes, the input and its normalisation."""
+    """What a caller needs besides the weights: the architecture, the classes, the input and its preprocessing.
+
+    ``mean``/``std`` are the per-channel standardisation (the default preprocessing); a model trained with
+    another preprocessing (``gcn_zca``, ``lcn``) has ``mean = std = None`` and its state in ``preprocess``
+    (``nin.data.preprocess``'s ``state_dict()``: the settings, and for gcn_zca the mean and whitening tensors)."""
 
     name: str
     kwargs: dict
     classes: list[str]
     size: int
     channels: int
-    mean: list[float]  # per channel, on the 0..1 scale
-    std: list[float]
+    mean: list[float] | None = None  # per channel, on the 0..1 scale (standardize only)
+    std: list[float] | None = None
     dataset: str = ""
     extra: dict = field(default_factory=dict, repr=False)  # the rest of the JSON it was read from
+    preprocess: dict | None = field(default=None, repr=False)  # the state of a preprocessing other than standardize
 
     def __post_init__(self):
-        if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise NinError(f"normalisation has {len(self.mean)} means and {len(self.std)} stds "
+        if self.preprocess is not None and self.preprocess.get("kind", "standardize") == "standardize":
+            self.mean = list(self.preprocess["mean"] if self.mean is None else self.mean)
+            self.std = list(self.preprocess["std"] if self.std is None else self.std)
+            self.preprocess = None
+        if self.preprocess is not None:
+            _check_kind(self.preprocess.get("kind"))
+        elif self.mean is None or self.std is None or len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise NinError(f"normalisation has {_count(self.mean)} means and {_count(self.std)} stds "
                            f"for {self.channels} channels")
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def normalize(self):
-        """The ``nin.data.Normalize`` that turns uint8 images into this model's input."""
-        from .data import Normalize
+    @property
+    def kind(self) -> str:
+        """The preprocessing: standardize, gcn_zca or lcn."""
+        return self.preprocess["kind"] if self.preprocess is not None else "standardize"
 
-        return Normalize(self.mean, self.std)
+    def preprocess_state(self) -> dict:
+        """The preprocessing's ``state_dict()`` (what ``preprocess_from_state`` rebuilds it from)."""
+        if self.preprocess is not None:
+            return dict(self.preprocess)
+        return {"kind": "standardize", "mean": list(self.mean), "std": list(self.std)}
+
+    def settings(self) -> dict:
+        """The preprocessing's scalar settings (no tensors): what the JSON carries."""
+        return {key: value for key, value in self.preprocess_state().items() if not isinstance(value, torch.Tensor)}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The preprocessing's tensors (gcn_zca's mean and whitening matrix), by state key."""
+        return {key: value for key, value in self.preprocess_state().items() if isinstance(value, torch.Tensor)}
+
+    def normalize(self):
+        """The preprocessing that turns uint8 images into this model's input: a ``nin.data.Normalize``
+        (``Standardize``), or the run's ``GcnZca`` / ``Lcn`` (``nin.data.preprocess``)."""
+        return _preprocessing().preprocess_from_state(self.preprocess_state())
 
     @classmethod
     def from_trained(cls, trained) -> "ModelInfo":
-        kind = getattr(trained.normalize, "kind", "standardize")
-        if kind != "standardize":
-            raise NinError(f"this model was trained with {kind} preprocessing; exports carry per-channel "
-                           "mean/std normalisation only so far (train with --preprocess standardize to export)")
+        state = trained.normalize.state_dict()
         return cls(trained.name, dict(trained.kwargs), list(trained.classes), trained.size, trained.channels,
-                   list(trained.normalize.mean), list(trained.normalize.std), trained.dataset)
+                   dataset=trained.dataset, preprocess={"kind": "standardize", **state})
 
     def to_json(self, file_format: str, file_name: str) -> dict:
         shape = ["batch", self.channels, self.size, self.size]
-        if file_format == "safetensors":
-            given = {"dtype": "float32", "range": "normalised",
-                     "preprocessing": "resize to size x size, then per channel (pixels / 255 - mean) / std "
-                                      "with the normalization below"}
-        else:
-            given = {"name": INPUT_NAME, "dtype": "uint8", "range": [0, 255],
-                     "preprocessing": "resize to size x size only: the normalization below is inside the model"}
-        return {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "nin_version": __version__,
+        standard = self.kind == "standardize"
+        config = {
+            "format": FORMAT, "format_version": 1 if standard else FORMAT_VERSION, "nin_version": __version__,
             "file": file_name, "file_format": file_format,
             "model": self.name, "model_kwargs": _jsonable(self.kwargs),
             "classes": list(self.classes), "dataset": self.dataset,
-            "input": {"layout": "NCHW", "shape": shape, "size": self.size, "channels": self.channels, **given},
-            "normalization": {"mean": list(self.mean), "std": list(self.std), "scale": "0..1"},
+            "input": {"layout": "NCHW", "shape": shape, "size": self.size, "channels": self.channels,
+                      **_input_description(self.kind, file_format)},
+            "preprocessing": self._preprocessing_json(file_format),
             "output": {"name": OUTPUT_NAME, "shape": ["batch", self.num_classes], "dtype": "float32",
                        "meaning": "logits, one per class in the order of classes; softmax gives probabilities"},
         }
+        if standard:
+            config["normalization"] = {"mean": list(self.mean), "std": list(self.std), "scale": "0..1"}
+        return config
+
+    def _preprocessing_json(self, file_format: str) -> dict:
+        if self.kind == "standardize":
+            return {"kind": "standardize", "description": DESCRIPTIONS["standardize"]}
+        block = {**_jsonable(self.settings()), "description": DESCRIPTIONS[self.kind]}
+        if file_format == "safetensors" and self.tensors():
+            block["tensors"] = {key: TENSOR_PREFIX + key for key in self.tensors()}
+        return block
 
     @classmethod
     def from_json(cls, config: dict, where: str) -> "ModelInfo":
+        """The info a JSON config describes; a gcn_zca config's tensors are not in it (``read_safetensors``
+        adds them from the weights file)."""
         if not isinstance(config, dict) or config.get("format") != FORMAT:
             raise NinError(f"{where} is not a nin export config (expected \"format\": \"{FORMAT}\")")
         if config.get("format_version", 0) > FORMAT_VERSION:
@@ -105,12 +144,64 @@ class ModelInfo:
             kwargs = dict(config["model_kwargs"])
             if kwargs.get("pools") is not None:
                 kwargs["pools"] = tuple(kwargs["pools"])
-            norm, given = config["normalization"], config["input"]
+            given = config["input"]
             return cls(config["model"], kwargs, list(config["classes"]), int(given["size"]), int(given["channels"]),
-                       [float(m) for m in norm["mean"]], [float(s) for s in norm["std"]],
-                       config.get("dataset", ""), config)
+                       dataset=config.get("dataset", ""), extra=config, preprocess=_preprocess_from_json(config))
         except (KeyError, TypeError, ValueError) as error:
             raise NinError(f"{where}: incomplete nin export config ({type(error).__name__}: {error})") from None
+
+
+DESCRIPTIONS = {
+    "standardize": "per channel (pixels / 255 - mean) / std, mean and std (0..1 scale) in normalization",
+    "gcn_zca": "global contrast normalisation then ZCA whitening (nin.data.preprocess.GcnZca): each image "
+               "flattened channel-major to a float vector x of length channels*size*size; if gcn, "
+               "x = x - mean(x) and x = x * scale / norm(x) (only centred when norm(x) / scale < min_divisor); "
+               "then (x - preprocess.mean) @ preprocess.whiten, reshaped to (channels, size, size)",
+    "lcn": "local contrast normalisation (nin.data.preprocess.Lcn): if gcn, each image (all channels as one "
+           "vector) centred and scaled to norm 1; then per channel, with G the kernel_size x kernel_size "
+           "Gaussian of sigma (weights summing to 1, zero padding): v = x - G*x, s = sqrt(G*v^2), "
+           "y = v / max(s, mean of s over the image, threshold)",
+}
+
+
+def _input_description(kind: str, file_format: str) -> dict:
+    if file_format != "safetensors":
+        return {"name": INPUT_NAME, "dtype": "uint8", "range": [0, 255],
+                "preprocessing": f"resize to size x size only: the {kind} preprocessing described in "
+                                 "preprocessing is inside the model"}
+    if kind == "standardize":
+        return {"dtype": "float32", "range": "normalised",
+                "preprocessing": "resize to size x size, then per channel (pixels / 255 - mean) / std "
+                                 "with the normalization below"}
+    where = " (its tensors are in the safetensors file)" if kind == "gcn_zca" else ""
+    return {"dtype": "float32", "range": f"{kind} preprocessed",
+            "preprocessing": f"resize to size x size, then the {kind} preprocessing described in "
+                             f"preprocessing{where}, on pixels 0..255"}
+
+
+def _preprocess_from_json(config: dict) -> dict | None:
+    block = config.get("preprocessing") or {"kind": "standardize"}
+    if block.get("kind", "standardize") == "standardize":
+        norm = config["normalization"]
+        return {"kind": "standardize", "mean": [float(m) for m in norm["mean"]],
+                "std": [float(s) for s in norm["std"]]}
+    return {key: value for key, value in block.items() if key not in ("description", "tensors")}
+
+
+def _count(values) -> int:
+    return 0 if values is None else len(values)
+
+
+def _check_kind(kind) -> None:
+    kinds = _preprocessing().KINDS
+    if kind not in kinds:
+        raise NinError(f"unknown preprocessing {kind!r}: expected one of {', '.join(kinds)}")
+
+
+def _preprocessing():
+    from .data import preprocess  # lazy: `import nin` does not load the data readers
+
+    return preprocess
 
 
 def _jsonable(value):
@@ -122,17 +213,20 @@ def _jsonable(value):
 
 
 class WithPreprocessing(nn.Module):
-    """The network with its input normalisation inside: uint8 (N, C, H, W) pixels, 0..255 -> logits.
+    """The network with its input preprocessing inside: uint8 (N, C, H, W) pixels, 0..255 -> logits.
 
-    Computes exactly what training and ``nin eval`` compute (``nin.data.Normalize``), so the exported
-    model's outputs equal the PyTorch model's on the same pixels."""
+    ``preprocess``: a fitted preprocessing (``nin.data.preprocess``: ``Standardize``, ``GcnZca``, ``Lcn``,
+    or a plain ``Normalize``); its ``to_module()`` computes exactly what training and ``nin eval`` compute,
+    so the exported model's outputs equal the PyTorch model's on the same pixels.
+    ``WithPreprocessing(model, mean, std)`` is per-channel standardisation, as before."""
 
-    def __init__(self, model: nn.Module, mean, std):
+    def __init__(self, model: nn.Module, preprocess, std=None):
         super().__init__()
-        from .data.preprocess import Standardize  # the training path's own transform, as a module
-
+        if std is not None or not hasattr(preprocess, "to_module"):  # (model, mean, std), or a plain Normalize
+            mean, std = (preprocess, std) if std is not None else (preprocess.mean, preprocess.std)
+            preprocess = _preprocessing().Standardize(mean, std)
         self.model = model
-        self.preprocess = Standardize(mean, std).to_module()
+        self.preprocess = preprocess.to_module()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(self.preprocess(images))
@@ -190,13 +284,13 @@ def export_model(model: nn.Module, info: ModelInfo, file_format: str, out: str |
     try:
         model_path.parent.mkdir(parents=True, exist_ok=True)
         if file_format == "safetensors":
-            _write_safetensors(model, text, model_path)
+            _write_safetensors(model, info, text, model_path)
         elif file_format == "onnx":
-            wrapper = WithPreprocessing(model, info.mean, info.std).eval()
+            wrapper = WithPreprocessing(model, info.normalize()).eval()
             _write_onnx(wrapper, info, text, model_path)
             diff = check_onnx(model_path, wrapper, info) if check else None
         else:
-            wrapper = WithPreprocessing(model, info.mean, info.std).eval()
+            wrapper = WithPreprocessing(model, info.normalize()).eval()
             _write_torchscript(wrapper, info, text, model_path)
             diff = check_torchscript(model_path, wrapper, info) if check else None
         json_path.write_text(text)
@@ -229,11 +323,17 @@ def _example(info: ModelInfo, batch: int) -> torch.Tensor:
                          generator=generator)
 
 
-def _write_safetensors(model: nn.Module, config_text: str, path: Path) -> None:
+def _write_safetensors(model: nn.Module, info: ModelInfo, config_text: str, path: Path) -> None:
+    """The network's state dict, plus the preprocessing's tensors (if any) as ``preprocess.<key>``."""
     from safetensors.torch import save_file
 
+    tensors = dict(model.state_dict())
+    clash = [name for name in tensors if name.startswith(TENSOR_PREFIX)]
+    if clash:
+        raise NinError(f"the model's parameter {clash[0]} uses the prefix {TENSOR_PREFIX!r} kept for preprocessing")
+    tensors.update({TENSOR_PREFIX + key: value for key, value in info.tensors().items()})
     # contiguous: a channels_last run's weights are strided views, which safetensors refuses
-    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
     save_file(tensors, str(path), metadata={"format": "pt", JSON_KEY: config_text})
 
 
@@ -294,7 +394,8 @@ def check_torchscript(path: str | os.PathLike, reference: nn.Module, info: Model
 # --- loading ----------------------------------------------------------------------------------------
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict, ModelInfo | None]:
-    """(state dict, its ModelInfo or None): the JSON beside the file, else the copy inside the file."""
+    """(the network's state dict, its ModelInfo or None): the JSON beside the file, else the copy inside
+    the file. The preprocessing's tensors (``preprocess.*``) go into the ModelInfo, not the state dict."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path).expanduser()
@@ -314,15 +415,34 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict, ModelInfo | None]:
             embedded = (handle.metadata() or {}).get(JSON_KEY)
     except (SafetensorError, OSError, ValueError) as error:
         raise NinError(f"{path} is not a readable safetensors file ({str(error).splitlines()[0]})") from None
+    tensors = {name[len(TENSOR_PREFIX):]: state.pop(name) for name in list(state) if name.startswith(TENSOR_PREFIX)}
+    info = _config_of(path, embedded)
+    if info is not None:
+        _attach_tensors(info, tensors, path)
+    return state, info
+
+
+def _config_of(path: Path, embedded: str | None) -> ModelInfo | None:
     beside = path.with_suffix(".json")
     if beside.is_file():
-        return state, _read_json(beside)
+        return _read_json(beside)
     if embedded:
         try:
-            return state, ModelInfo.from_json(json.loads(embedded), str(path))
+            return ModelInfo.from_json(json.loads(embedded), str(path))
         except ValueError:
             pass
-    return state, None
+    return None
+
+
+def _attach_tensors(info: ModelInfo, tensors: dict, path: Path) -> None:
+    """Give a read config its preprocessing tensors, and check that the preprocessing rebuilds."""
+    if info.preprocess is None:
+        return
+    info.preprocess.update(tensors)
+    try:
+        info.normalize()
+    except NinError as error:
+        raise NinError(f"{path}: cannot rebuild its {info.kind} preprocessing ({error})") from None
 
 
 def _read_json(path: Path) -> ModelInfo:
@@ -360,7 +480,7 @@ def _load_state(model: nn.Module, state: dict, where, name: str) -> None:
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> NIN:
     """A trained model ready for evaluation, from ``nin export`` safetensors weights (or their JSON) or
     from a run folder / checkpoint. ``model.info`` (a ``ModelInfo``) holds the class names, the input
-    size and channels and the normalisation; ``model.info.normalize()(uint8_images)`` is the input."""
+    size and channels and the preprocessing; ``model.info.normalize()(uint8_images)`` is the input."""
     path = Path(path).expanduser()
     if path.suffix in (".safetensors", ".json"):
         state, info = read_safetensors(path)
