@@ -3,7 +3,7 @@ import pytest
 
 from nin.cli import main
 from nin.reproduce import paper_rows, select_rows
-from test_data import write_cifar10, write_cifar100, write_mnist, write_svhn
+from formats import write_cifar10, write_cifar100, write_mnist, write_svhn
 
 PAPER = {"table1-dropout": 10.41, "table1-dropout-aug": 8.81, "table2": 35.68, "table3": 2.35, "table4": 0.47,
          "table5-fc": 11.59, "table5-fc-dropout": 10.88, "table5-gap": 10.41, "sec4.6-fc": 17.56,

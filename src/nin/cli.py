@@ -90,6 +90,8 @@ def get_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--dataset", help="run the rows on another data set (e.g. fashion-mnist)")
     reproduce.add_argument("--root", help="where the data sets lie")
     reproduce.add_argument("--device")
+    reproduce.add_argument("--eval-split", choices=("test", "val"),
+                           help="val: tune on the paper's validation split (held out of the training images)")
     for flag, kind in (("--epochs", int), ("--train-subset", int), ("--test-subset", int), ("--batch-size", int)):
         reproduce.add_argument(flag, type=kind)
     reproduce.set_defaults(handler=cmd_reproduce)
@@ -151,7 +153,8 @@ def cmd_export(args) -> int:
     given = config["input"]
     line = (f"wrote {written['model']} and {written['config']}; input: {given['dtype']} {given['layout']} "
             f"(batch, {given['channels']}, {given['size']}, {given['size']})")
-    line += ", pixels 0..255" if given["dtype"] == "uint8" else ", normalised as the JSON says"
+    kind = config.get("preprocessing", {}).get("kind", "standardize")
+    line += ", pixels 0..255" if given["dtype"] == "uint8" else f", {kind} preprocessing as the JSON says"
     if written["max_abs_diff"] is not None:
         checker = "onnxruntime" if args.format == "onnx" else "torch.jit.load"
         line += f"; checked with {checker}: max abs diff {written['max_abs_diff']:.2g}"
@@ -215,7 +218,7 @@ def cmd_reproduce(args) -> int:
         return 0
     if not args.target:
         raise NinError("nin reproduce needs a TARGET (all, a group or a row) or --list")
-    names = ("dataset", "root", "device", "epochs", "train_subset", "test_subset", "batch_size")
+    names = ("dataset", "root", "device", "epochs", "train_subset", "test_subset", "batch_size", "eval_split")
     overrides = check_overrides({name: getattr(args, name) for name in names if getattr(args, name) is not None})
     reproduce(args.target, seeds=args.seeds, out=args.out, overrides=overrides)
     return 0

@@ -35,6 +35,7 @@ class TrainConfig:
     dataset: str = "fashion-mnist"
     root: str = ""  # empty: the default location (Debian's Fashion-MNIST, else ./data)
     train_split: str = "train"  # the split(s) trained on; "train+extra" joins SVHN's two training splits
+    eval_split: str = "test"  # test | val: hold out the paper's validation images and evaluate on them (tuning)
     image_size: int = 0  # 0: the data set's own size (folder data sets are resized to it)
     channels: int = 0  # 0: the data set's own channel count
     train_subset: int = 0  # >0: train on the first N training images
@@ -72,6 +73,7 @@ FLIPS = ("auto", "yes", "no")
 AMPS = ("auto", "bf16", "off")
 ON_NAN = ("stop", "rollback")
 PREPROCESS_KINDS = ("standardize", "gcn_zca", "lcn")  # nin.data.preprocess.KINDS
+EVAL_SPLITS = ("test", "val")
 _POSITIVE = ("epochs", "batch_size", "lr", "eval_batch_size")
 _NON_NEGATIVE = ("momentum", "weight_decay", "label_smoothing", "warmup_epochs", "dropout", "grad_clip",
                  "translate", "train_subset", "test_subset", "image_size", "channels", "seed")
@@ -91,7 +93,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         if not value >= 0 or (isinstance(value, float) and not math.isfinite(value)):
             raise NinError(f"{name.replace('_', '-')} must be zero or more, got {value}")
     for name, choices in (("schedule", SCHEDULES), ("flip", FLIPS), ("amp", AMPS), ("on_nan", ON_NAN),
-                          ("preprocess", PREPROCESS_KINDS)):
+                          ("preprocess", PREPROCESS_KINDS), ("eval_split", EVAL_SPLITS)):
         if getattr(config, name) not in choices:
             raise NinError(f"{name} must be one of {', '.join(choices)}, got {getattr(config, name)!r}")
     if config.dropout >= 1:

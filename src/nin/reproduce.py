@@ -100,6 +100,8 @@ def reproduce(target: str, *, seeds: int = 1, out: str | Path = "reproduce", ove
 
 def _write_results(path: Path, results: list, overrides: dict) -> None:
     lines = ["# nin reproduce", "", f"hardware: {describe_hardware(overrides.get('device', 'auto'))}", "",
+             *(["evaluated on the paper's validation split (held out of the training images), not the test "
+                "set", ""] if overrides.get("eval_split") == "val" else []),
              "| row | paper setting | data set | paper error | ours (mean ± std) | seeds | epochs | wall time "
              "per run | run folders |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
     for row, config, runs in results:
@@ -118,7 +120,7 @@ def _write_results(path: Path, results: list, overrides: dict) -> None:
 def override_fields() -> tuple[str, ...]:
     """The recipe fields ``nin reproduce`` lets a user change (where and how long, not what)."""
     return ("dataset", "root", "device", "epochs", "train_subset", "test_subset", "batch_size", "compile",
-            "channels_last", "amp")
+            "channels_last", "amp", "eval_split")
 
 
 def check_overrides(overrides: dict) -> dict:

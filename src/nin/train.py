@@ -24,6 +24,7 @@ from tqdm import tqdm
 from . import checkpoint as ckpt
 from .config import TrainConfig, from_dict, validate
 from .data import DeviceLoader, dataset_info, load_dataset
+from .data.splits import paper_validation
 from .data.preprocess import make_preprocess, preprocess_from_state
 from .errors import NinError
 from .evaluate import autocast, evaluate, format_report
@@ -70,8 +71,13 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
     size = config.image_size or (info.size if config.dataset != "folder" else model_cfg.input_size)
     channels = config.channels or info.channels
     root = config.root or None
-    train = _load_training_splits(config, root, size, channels)
-    test = load_dataset(config.dataset, root, "test", image_size=size, channels=channels)
+    parts = {split: load_dataset(config.dataset, root, split, image_size=size, channels=channels)
+             for split in config.train_split.split("+")}
+    if config.eval_split == "val":  # tuning: the paper's validation images stand in for the test set
+        train, test = paper_validation(config.dataset, parts)
+    else:
+        train = _join(list(parts.values()))
+        test = load_dataset(config.dataset, root, "test", image_size=size, channels=channels)
     if test.classes != train.classes:
         raise NinError(f"the test split's classes {test.classes} differ from the training split's {train.classes}")
     train_images, train_labels = _first(train.images, config.train_subset), _first(train.labels, config.train_subset)
@@ -91,10 +97,8 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
                 int(train_images.shape[2]))
 
 
-def _load_training_splits(config: TrainConfig, root, size: int, channels: int):
-    """The training split, or several joined ("train+extra"): one uint8 tensor, as a single split."""
-    parts = [load_dataset(config.dataset, root, split, image_size=size, channels=channels)
-             for split in config.train_split.split("+")]
+def _join(parts: list):
+    """Several training splits ("train+extra") as one."""
     if len(parts) == 1:
         return parts[0]
     return type(parts[0])(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
@@ -227,6 +231,9 @@ class Run:
         self.log(f"training {config.model} on {dataset_info(config.dataset).title} "
                  f"({len(self.data.train.images)} images, {len(self.data.classes)} classes) for {config.epochs} "
                  f"epochs on {self.device}; run folder {self.run_dir}")
+        if config.eval_split == "val":
+            self.log(f"evaluating on the paper's validation split ({len(self.data.test.images)} training images "
+                     "held out; the test set is not used): the test_* columns hold validation numbers")
         metrics = None
         while self.state.epoch < config.epochs:
             try:
