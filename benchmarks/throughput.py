@@ -27,28 +27,9 @@ from nin.config import TrainConfig
 from nin.hardware import describe_hardware
 from nin.models import create_model
 from nin.train import Run, resolve_device
+from seed_model import SeedNIN
 
 BATCH = 128
-
-
-class SeedNIN(nn.Module):
-    """The seed document's network, as its author wrote it (the baseline's model)."""
-
-    def __init__(self, in_channels=3, out_channels=10):
-        super().__init__()
-        def stage(cin, widths, kernel, pad, tail):
-            layers = []
-            for i, w in enumerate(widths):
-                layers += [nn.Conv2d(cin, w, kernel if i == 0 else 1, padding=pad if i == 0 else 0), nn.ReLU()]
-                cin = w
-            return nn.Sequential(*layers, *tail)
-        self.features1 = stage(in_channels, (192, 160, 96), 5, 2, [nn.MaxPool2d(3, 2, 1), nn.Dropout(0.5)])
-        self.features2 = stage(96, (192, 192, 192), 5, 2, [nn.MaxPool2d(3, 2, 1), nn.Dropout(0.5)])
-        self.features3 = stage(192, (192, 192, out_channels), 3, 1, [])
-        self.gap = nn.AvgPool2d(8, 1)
-
-    def forward(self, x):
-        return self.gap(self.features3(self.features2(self.features1(x)))).view(x.size(0), -1)
 
 
 def write_cifar10(root: Path, per_batch: int) -> None:
@@ -200,7 +181,7 @@ def main() -> None:
 def report(results: dict, device, flops: float, peak: float) -> None:
     median = {key: statistics.median(values) for key, values in results.items()}
     train_gflops = 3 * flops * median["b_train"] / 1e9  # forward + backward ~ 3x the forward FLOPs
-    print(f"\n| path | training images/s | inference images/s |")
+    print("\n| path | training images/s | inference images/s |")
     print("|---|---:|---:|")
     print(f"| (a) seed-style loop | {median['a_train']:.1f} | {median['a_infer']:.1f} |")
     print(f"| (b) nin | {median['b_train']:.1f} | {median['b_infer']:.1f} |")
