@@ -2,7 +2,7 @@
 import pytest
 
 from nin.cli import main
-from nin.reproduce import paper_rows, select_rows
+from nin.reproduce import all_rows as paper_rows_and_best, paper_rows, select_rows
 from formats import write_cifar10, write_cifar100, write_mnist, write_svhn
 
 PAPER = {"table1-dropout": 10.41, "table1-dropout-aug": 8.81, "table2": 35.68, "table3": 2.35, "table4": 0.47,
@@ -58,3 +58,27 @@ def test_a_missing_data_set_stops_before_any_training(paper_data, tmp_path, caps
 def test_reproduce_needs_a_target(capsys):
     assert main(["reproduce"]) == 2
     assert "needs a TARGET" in capsys.readouterr().err
+
+
+BEST = {"cifar10-best": 7.43, "cifar10-best-bn": 7.43, "cifar100-best": 28.39, "cifar100-best-bn": 28.39,
+        "svhn-best": 2.35, "svhn-best-bn": 2.35, "mnist-best": 0.47, "mnist-best-bn": 0.47,
+        "fashion-mnist-best": 5.0, "fashion-mnist-best-bn": 5.0}
+
+
+def test_best_known_recipes_come_in_pairs_faithful_and_batchnorm_with_their_targets(capsys):
+    assert select_rows("best") == sorted(BEST)
+    for name, error in BEST.items():
+        recipe = paper_rows_and_best()[name]
+        assert recipe.target_error == error and not recipe.paper
+        assert recipe.model.endswith("_bn") == name.endswith("-bn")  # BatchNorm only in the -bn variant
+    assert main(["reproduce", "--list"]) == 0
+    assert "cifar10-best-bn" in capsys.readouterr().out
+
+
+def test_every_best_known_recipe_trains_a_few_steps(paper_data, fashion_mnist_root, tmp_path):
+    for name in BEST:
+        where = [] if name.startswith("fashion") else ["--root", str(paper_data)]  # Fashion-MNIST: its own place
+        assert main(["reproduce", name, *where, "--out", str(tmp_path / name), *TINY]) == 0
+        assert (tmp_path / name / name / "seed0" / "checkpoint.pt").is_file()
+    results = (tmp_path / "svhn-best-bn" / "results.md").read_text()
+    assert "| svhn-best-bn | best-known recipe: the error to beat | SVHN | 2.35% |" in results

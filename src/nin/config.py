@@ -24,6 +24,7 @@ class TrainConfig:
     description: str = ""
     paper: str = ""  # the row of the paper a recipe reproduces, e.g. "Table 1: CIFAR-10, dropout"
     paper_error: float = 0.0  # that row's test error in percent
+    target_error: float = 0.0  # best-known recipes: the best public NIN test error (percent) they aim to beat
     # model
     model: str = "nin_mnist_bn"
     dropout: float = 0.5
@@ -75,7 +76,7 @@ ON_NAN = ("stop", "rollback")
 PREPROCESS_KINDS = ("standardize", "gcn_zca", "lcn")  # nin.data.preprocess.KINDS
 EVAL_SPLITS = ("test", "val")
 _POSITIVE = ("epochs", "batch_size", "lr", "eval_batch_size")
-_NON_NEGATIVE = ("momentum", "weight_decay", "label_smoothing", "warmup_epochs", "dropout", "grad_clip",
+_NON_NEGATIVE = ("paper_error", "target_error", "momentum", "weight_decay", "label_smoothing", "warmup_epochs", "dropout", "grad_clip",
                  "translate", "train_subset", "test_subset", "image_size", "channels", "seed")
 
 
