@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from nin.config import TrainConfig
+from nin.evaluate import autocast
 from nin.hardware import describe_hardware
 from nin.models import create_model
 from nin.train import Run, resolve_device
@@ -98,19 +99,21 @@ def time_toolkit_training(run: Run, steps: int) -> float:
 
 
 @torch.inference_mode()
-def time_inference(model, batches, device, limit: int, to_device=True) -> float:
+def time_inference(model, batches, device, limit: int, to_device=True, amp: bool = False) -> float:
     """Images/s over up to ``limit`` batches, data loading included, after one warm-up batch."""
     model.eval()
+    device = torch.device(device)
     images, _ = next(iter(batches))
-    model(images.to(device) if to_device else images)  # warm-up: allocations, kernel choices
-    _sync(device)
-    started, seen = time.perf_counter(), 0
-    for index, (images, _) in enumerate(batches):
-        model(images.to(device) if to_device else images)
-        seen += len(images)
-        if index + 1 >= limit:
-            break
-    _sync(device)
+    with autocast(device, amp):
+        model(images.to(device) if to_device else images)  # warm-up: allocations, kernel choices
+        _sync(device)
+        started, seen = time.perf_counter(), 0
+        for index, (images, _) in enumerate(batches):
+            model(images.to(device) if to_device else images)
+            seen += len(images)
+            if index + 1 >= limit:
+                break
+        _sync(device)
     return seen / (time.perf_counter() - started)
 
 
@@ -154,6 +157,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the seed-style loop")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--images", type=int, default=10_000, help="images per CIFAR file written")
+    parser.add_argument("--cpu-bf16", action="store_true",
+                        help="also time (b) with bf16 autocast on the CPU (pays only on CPUs with AMX/AVX512-BF16)")
     args = parser.parse_args()
     device = resolve_device(args.device)
 
@@ -167,12 +172,19 @@ def main() -> None:
                              epochs=1, lr=0.01, device=str(device), progress=False, tensorboard=False,
                              out=str(root / "run"))
         run = Run(config, None, lambda *_: None)
-        results = {"a_train": [], "b_train": [], "a_infer": [], "b_infer": []}
+        variants = {"b": run.amp}  # on CUDA (b) runs under bf16 autocast, as `nin train` does there
+        if args.cpu_bf16 and device.type == "cpu":
+            variants["c"] = True
+        results = {f"{key}_{kind}": [] for kind in ("train", "infer") for key in ("a", *variants)}
         for round_index in range(args.rounds):  # alternate (a) and (b): the machine's noise hits both
             results["a_train"].append(time_seed_training(seed_model, seed_optimizer, seed_train, args.steps, device))
-            results["b_train"].append(time_toolkit_training(run, args.steps))
+            for key, amp in variants.items():
+                run.amp = amp
+                results[f"{key}_train"].append(time_toolkit_training(run, args.steps))
             results["a_infer"].append(time_inference(seed_model, seed_test, device, limit=4))
-            results["b_infer"].append(time_inference(run.model, run.data.test, device, limit=4, to_device=False))
+            for key, amp in variants.items():
+                results[f"{key}_infer"].append(time_inference(run.model, run.data.test, device, limit=4,
+                                                              to_device=False, amp=amp))
             print(f"round {round_index + 1}: " + "  ".join(f"{k} {v[-1]:.1f}/s" for k, v in results.items()),
                   flush=True)
     report(results, device, conv_flops_per_image(create_model("nin_cifar10")), matmul_peak_gflops(device))
@@ -187,6 +199,10 @@ def report(results: dict, device, flops: float, peak: float) -> None:
     print(f"| (b) nin | {median['b_train']:.1f} | {median['b_infer']:.1f} |")
     print(f"| ratio (b)/(a) | **{median['b_train'] / median['a_train']:.2f}x** | "
           f"**{median['b_infer'] / median['a_infer']:.2f}x** |")
+    if "c_train" in median:
+        print(f"| (b) nin, bf16 autocast on the CPU | {median['c_train']:.1f} | {median['c_infer']:.1f} |")
+        print(f"| ratio (b, bf16)/(a) | {median['c_train'] / median['a_train']:.2f}x | "
+              f"{median['c_infer'] / median['a_infer']:.2f}x |")
     print(f"\nNIN-CIFAR forward: {flops / 1e9:.3f} GFLOP/image; (b) trains at {train_gflops:.1f} GFLOP/s = "
           f"{100 * train_gflops / peak:.0f}% of this machine's measured fp32 matmul peak ({peak:.1f} GFLOP/s)")
     print(f"medians of {len(results['a_train'])} alternating rounds; hardware: {describe_hardware(str(device))}")

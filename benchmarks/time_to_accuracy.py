@@ -35,10 +35,9 @@ SEED_BATCH, SEED_LR, SEED_MOMENTUM = 16, 1e-3, 0.9
 MEAN, STD = 0.286, 0.353  # Fashion-MNIST's pixel mean and std (the seed script's Normalize)
 
 
-def toolkit_run(recipe: str, epochs: int, device: str, out: Path, subsets: dict) -> list[tuple[float, float]]:
+def toolkit_run(recipe: str, changes: dict, out: Path) -> list[tuple[float, float]]:
     """Train the recipe; return (seconds since the start, test accuracy) at the end of every epoch."""
-    config = from_dict({"epochs": epochs, "device": device, "out": str(out), "progress": False,
-                        "tensorboard": False, **subsets}, base=load_recipe(recipe))
+    config = from_dict({**changes, "out": str(out), "progress": False, "tensorboard": False}, base=load_recipe(recipe))
     started, epoch_ends = time.perf_counter(), []
 
     def log(line: str) -> None:
@@ -123,7 +122,7 @@ def report(target: float, recipe: str, nin_points, seed_points, device) -> None:
     print("| | minutes | test accuracy |")
     print("|---|---:|---:|")
     for t, acc in nin_points:
-        print(f"| nin `{recipe}`, end of an epoch | {t / 60:.1f} | {100 * acc:.2f}% |")
+        print(f"| nin ({recipe}), end of an epoch | {t / 60:.1f} | {100 * acc:.2f}% |")
     for t, acc in seed_points:
         print(f"| seed script (batch 16, lr 1e-3) | {t / 60:.1f} | {100 * acc:.2f}% |")
     if reached:
@@ -141,6 +140,7 @@ def main() -> None:
     parser.add_argument("--recipe", default="fashion-mnist-long")
     parser.add_argument("--epochs", type=int, default=12, help="the recipe's schedule length (default 12)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", default="auto", help="nin's autocast: auto (bf16 on CUDA) | bf16 (also on a CPU) | off")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the seed's script")
     parser.add_argument("--quick", action="store_true", help="1 epoch on 2,048 + 1,024 images: checks the script")
     parser.add_argument("--out", default=f"runs/time-to-accuracy-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -149,11 +149,12 @@ def main() -> None:
     subsets = {"train_subset": 2048 if args.quick else 0, "test_subset": 1024 if args.quick else 0}
     epochs = 1 if args.quick else args.epochs
 
-    nin_points = toolkit_run(args.recipe, epochs, str(device), Path(args.out), subsets)
+    changes = {"epochs": epochs, "device": str(device), "amp": args.amp, **subsets}
+    nin_points = toolkit_run(args.recipe, changes, Path(args.out))
     reached = next((t for t, acc in nin_points if acc >= args.target), nin_points[-1][0])
     with tempfile.TemporaryDirectory(prefix="nin-tta-") as folder:
         seed_points = seed_run(write_torchvision_files(Path(folder), subsets), reached, device, args.workers)
-    report(args.target, args.recipe, nin_points, seed_points, device)
+    report(args.target, f"{args.recipe}, {epochs} epochs, amp {args.amp}", nin_points, seed_points, device)
 
 
 if __name__ == "__main__":
