@@ -64,6 +64,8 @@ def test_train_with_eval_split_val_on_cifar_files(tmp_path, capsys):
             "--out", str(tmp_path / "run"), "--no-progress", "--no-tensorboard"]
     assert main(args) == 0
     assert "paper's validation split (10 training images held out" in capsys.readouterr().out
+    assert main(["eval", str(tmp_path / "run"), "--split", "val"]) == 0  # the same 10 images, from the checkpoint
+    assert "/10 images" in capsys.readouterr().out
 
 
 def test_an_unknown_eval_split_is_refused():

@@ -30,7 +30,8 @@ def get_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT")
     evaluate.add_argument("--dataset", help="default: the data set the run was trained on")
     evaluate.add_argument("--root", help="where the data set lies")
-    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--split", default="test",
+                          help="test (default), train, extra (SVHN) or val (the paper's validation split)")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--report", metavar="DIR", help="write the confusion matrix (CSV, PNG), per-class "

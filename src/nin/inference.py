@@ -8,6 +8,7 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .data import DATASETS, DeviceLoader, dataset_info, load_dataset, load_image
+from .data.splits import paper_validation
 from .data.preprocess import preprocess_from_state
 from .errors import NinError
 from .evaluate import evaluate
@@ -57,7 +58,7 @@ def evaluate_trained(trained: Trained, dataset: str | None = None, root: str | N
         check_tta(name)
     if root is None and dataset is None:  # the training data, where training found it
         root = trained.config.get("root") or None
-    data = load_dataset(name, root, split, image_size=trained.size, channels=trained.channels)
+    data = _load_split(trained, name, root, split)
     if len(data.classes) != len(trained.classes):
         raise NinError(f"the model predicts {len(trained.classes)} classes but {name} has {len(data.classes)}")
     if data.images.shape[1:] != (trained.channels, trained.size, trained.size):
@@ -65,6 +66,16 @@ def evaluate_trained(trained: Trained, dataset: str | None = None, root: str | N
                        f"{(trained.channels, trained.size, trained.size)}")
     loader = DeviceLoader(data.images, data.labels, trained.normalize, batch_size=batch_size, device=trained.device)
     return evaluate(trained.model, loader, trained.classes, topk=topk, tta=tta)
+
+
+def _load_split(trained: Trained, name: str, root, split: str):
+    """One split; ``val`` is the paper's validation split, held out of the training split(s) the run used."""
+    if split != "val":
+        return load_dataset(name, root, split, image_size=trained.size, channels=trained.channels)
+    parts = (trained.config.get("train_split") or "train") if name == trained.dataset else "train"
+    loaded = {part: load_dataset(name, root, part, image_size=trained.size, channels=trained.channels)
+              for part in parts.split("+")}
+    return paper_validation(name, loaded)[1]
 
 
 def check_tta(dataset: str) -> None:
