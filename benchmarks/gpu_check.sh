@@ -11,15 +11,15 @@ describe_machine
 
 banner "throughput: (a) seed-style loop vs (b) nin, NIN-CIFAR, batch 128"
 if [ "$QUICK" = 1 ]; then sizes=(--rounds 1 --steps 2 --images 500 --workers 0); else sizes=(--rounds 3 --steps 40 --workers 8); fi
-timeout 200 $PY benchmarks/throughput.py --device "$DEVICE" "${sizes[@]}" || echo "throughput: failed or timed out ($?)"
+timeout 150 $PY benchmarks/throughput.py --device "$DEVICE" "${sizes[@]}" || echo "throughput: failed or timed out ($?)"
 
 banner "compiled path: torch.compile + bf16 autocast + channels_last"
 if [ "$QUICK" = 1 ]; then sizes=(--train-subset 256 --test-subset 256); else sizes=(--train-subset 20000); fi
-timeout 120 $PY -m nin train --recipe fashion-mnist --epochs 1 --compile --device "$DEVICE" "${sizes[@]}" \
+timeout 150 $PY -m nin train --recipe fashion-mnist --epochs 1 --compile --device "$DEVICE" "${sizes[@]}" \
     --no-progress --out "$OUT_DIR/compiled" || echo "compiled path: failed or timed out ($?)"
 
 banner "Fashion-MNIST: time to 94% test accuracy"
 if [ "$QUICK" = 1 ]; then sizes=(--quick --workers 0); else sizes=(--epochs 30 --workers 8); fi
-timeout 240 $PY benchmarks/time_to_accuracy.py --device "$DEVICE" --target 0.94 --recipe fashion-mnist-best-bn \
+timeout 170 $PY benchmarks/time_to_accuracy.py --device "$DEVICE" --target 0.94 --recipe fashion-mnist-best-bn \
     "${sizes[@]}" --out "$OUT_DIR/time-to-94" || echo "time to accuracy: failed or timed out ($?)"
 banner "done"

@@ -67,9 +67,9 @@ def main() -> None:
                         help="check this script in a minute: 1 epoch on 1,024 training and 512 test images "
                              "(the numbers mean nothing)")
     parser.add_argument("--train-subset", type=int, default=0,
-                        help="train on N images: Fashion-MNIST's first N, and N PNG files in the folder")
+                        help="train on N images: N of Fashion-MNIST's, and N PNG files in the folder")
     parser.add_argument("--test-subset", type=int, default=0,
-                        help="test on N images: Fashion-MNIST's first N, and N PNG files in the folder")
+                        help="test on N images: N of Fashion-MNIST's, and N PNG files in the folder")
     parser.add_argument("--setups", default=",".join(SETUPS), help=f"comma-separated, of {', '.join(SETUPS)}")
     parser.add_argument("--folder-root", help="where to write the PNG folder (default: a temporary folder)")
     parser.add_argument("--device", default="auto")
@@ -87,8 +87,7 @@ def main() -> None:
         changes["epochs"] = 1
     if args.epochs:
         changes["epochs"] = args.epochs
-    # the folder set is written at the size wanted: a subset of a folder would take its first classes only
-    # (the folder reader sorts images by class)
+    # the folder set is written at the size wanted, rather than written whole and subset
     folder_sizes = (min(FOLDER_TRAIN, subsets["train_subset"] or FOLDER_TRAIN),
                     min(FOLDER_TEST, subsets["test_subset"] or FOLDER_TEST))
     recipe = load_recipe(RECIPE)

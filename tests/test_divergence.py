@@ -99,15 +99,15 @@ def test_the_command_reports_divergence_in_one_line_with_exit_code_2(tmp_path, c
 def test_rollback_survives_a_real_divergence_at_a_tenth_of_the_lr(tmp_path, fashion_mnist_root):
     run, log = tmp_path / "run", Log()
 
-    fit(without_bn(run, lr=1.0, on_nan="rollback"), log=log)  # lr 1 diverges in epoch 1; lr 0.1 does not
+    fit(without_bn(run, lr=3.0, on_nan="rollback"), log=log)  # lr 3 diverges in epoch 1; lr 0.3 does not
 
     [warning] = log.matching("rolled back")
-    assert "non-finite by step 8 (epoch 1, lr 1)" in warning
+    assert "non-finite by step 8 (epoch 1, lr 3)" in warning
     assert "rolled back to step 0 with the learning rate divided by 10 (rollback 1 of 3)" in warning
     final = load_checkpoint(run)
     assert final["epoch"] == 2 and weights_are_finite(final)
     assert final["state"]["lr_scale"] == pytest.approx(0.1) and final["state"]["rollbacks"] == 1
-    assert [float(r["lr"]) for r in metrics_rows(run)] == pytest.approx([0.1, 0.1])
+    assert [float(r["lr"]) for r in metrics_rows(run)] == pytest.approx([0.3, 0.3])
 
 
 def test_rollback_reloads_the_last_epochs_checkpoint_and_finishes(tmp_path, monkeypatch, fashion_mnist_root):

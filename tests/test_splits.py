@@ -1,14 +1,15 @@
-"""The paper's validation splits: held out of the training images, disjoint from what is trained on."""
+"""The paper's validation splits (held out of the training images) and subsets of a split."""
 import pytest
 import torch
 
 from nin.cli import main
-from nin.config import from_dict, load_recipe, validate
+from nin.config import TrainConfig, from_dict, load_recipe, validate
 from nin.data import Split
 from nin.data.splits import paper_validation
 from nin.errors import NinError
 from nin.train import prepare_data
 from formats import write_cifar10, write_svhn
+from tiny_run import write_folder_dataset
 
 
 def numbered(labels: list[int]) -> Split:
@@ -71,3 +72,14 @@ def test_train_with_eval_split_val_on_cifar_files(tmp_path, capsys):
 def test_an_unknown_eval_split_is_refused():
     with pytest.raises(NinError, match="eval_split must be one of test, val"):
         validate(from_dict({"eval_split": "dev"}))
+
+
+def test_a_subset_of_an_image_folder_draws_from_every_class_and_keeps_file_order(tmp_path):
+    root = write_folder_dataset(tmp_path, train_per_class=20, test_per_class=10)  # sorted by class on reading
+    config = TrainConfig(dataset="folder", root=str(root), image_size=16, batch_size=4, train_subset=12,
+                         test_subset=9, device="cpu")
+    data = prepare_data(config, torch.device("cpu"))
+    labels = data.train.labels.tolist()
+    assert len(labels) == 12 and set(labels) == {0, 1, 2} and labels == sorted(labels)
+    assert set(data.test.labels.tolist()) == {0, 1, 2}
+    assert torch.equal(prepare_data(config, torch.device("cpu")).train.images, data.train.images)  # a fixed draw

@@ -29,7 +29,7 @@ def interrupt_after(line_start: str):
 def test_a_short_run_learns_far_above_chance_and_leaves_a_run_folder(tmp_path, fashion_mnist_root):
     result = fit(small_config(tmp_path / "run"), log=lambda *_: None)
 
-    assert result["accuracy"] > 0.65  # chance is 0.10; two epochs on 2,048 images reach about 0.75
+    assert result["accuracy"] > 0.55  # chance is 0.10; two epochs on 2,048 images reach about 0.65
     assert result["n"] == 1000 and result["run_dir"] == str(tmp_path / "run")
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]

@@ -39,8 +39,8 @@ class TrainConfig:
     eval_split: str = "test"  # test | val: hold out the paper's validation images and evaluate on them (tuning)
     image_size: int = 0  # 0: the data set's own size (folder data sets are resized to it)
     channels: int = 0  # 0: the data set's own channel count
-    train_subset: int = 0  # >0: train on the first N training images
-    test_subset: int = 0  # >0: evaluate on the first N test images
+    train_subset: int = 0  # >0: train on N training images (a fixed draw spread over the split)
+    test_subset: int = 0  # >0: evaluate on N test images (a fixed draw spread over the split)
     translate: int = 2  # random translation by up to this many pixels (0: none)
     flip: str = "auto"  # auto (when the data set allows it) | yes | no
     preprocess: str = "standardize"  # standardize (per-channel mean/std) | gcn_zca (CIFAR, the paper) | lcn (SVHN)

@@ -80,8 +80,8 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
         test = load_dataset(config.dataset, root, "test", image_size=size, channels=channels)
     if test.classes != train.classes:
         raise NinError(f"the test split's classes {test.classes} differ from the training split's {train.classes}")
-    train_images, train_labels = _first(train.images, config.train_subset), _first(train.labels, config.train_subset)
-    test_images, test_labels = _first(test.images, config.test_subset), _first(test.labels, config.test_subset)
+    train_images, train_labels = _subset(train.images, train.labels, config.train_subset)
+    test_images, test_labels = _subset(test.images, test.labels, config.test_subset)
     if len(train_images) < config.batch_size:
         raise NinError(f"{len(train_images)} training images are fewer than one batch of {config.batch_size}; "
                        "lower --batch-size")
@@ -105,8 +105,13 @@ def _join(parts: list):
                           parts[0].classes)
 
 
-def _first(tensor: torch.Tensor, count: int) -> torch.Tensor:
-    return tensor[:count] if count else tensor
+def _subset(images: torch.Tensor, labels: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` images spread over the whole split (a fixed draw, the same for every seed, kept in file
+    order): the first N would be one or two classes of an image folder, which is sorted by class."""
+    if not count or count >= len(labels):
+        return images, labels
+    rows = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:count].sort().values
+    return images[rows], labels[rows]
 
 
 def model_arguments(config: TrainConfig, num_classes: int, channels: int, size: int) -> dict:
