@@ -83,3 +83,11 @@ def test_a_subset_of_an_image_folder_draws_from_every_class_and_keeps_file_order
     assert len(labels) == 12 and set(labels) == {0, 1, 2} and labels == sorted(labels)
     assert set(data.test.labels.tolist()) == {0, 1, 2}
     assert torch.equal(prepare_data(config, torch.device("cpu")).train.images, data.train.images)  # a fixed draw
+
+
+def test_reproduce_with_eval_split_val_needs_no_test_file_and_says_so(tmp_path):
+    write_cifar10(tmp_path / "data", n=10)
+    (tmp_path / "data" / "cifar-10-batches-py" / "test_batch").unlink()  # tuning never reads the test set
+    assert main(["reproduce", "table1-dropout", "--root", str(tmp_path / "data"), "--eval-split", "val",
+                 "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--out", str(tmp_path / "out")]) == 0
+    assert "evaluated on the paper's validation split" in (tmp_path / "out" / "results.md").read_text()

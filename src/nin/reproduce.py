@@ -90,8 +90,8 @@ def row_config(row: str, seed: int, out: Path, overrides: dict) -> TrainConfig:
 
 def check_data(configs: list[TrainConfig]) -> None:
     """Stop before any training when a data set is missing (the error names it and how to get it)."""
-    for dataset, root, split in sorted({(c.dataset, c.root, c.train_split) for c in configs}):
-        for part in split.split("+") + ["test"]:
+    for dataset, root, split, evaluated in sorted({(c.dataset, c.root, c.train_split, c.eval_split) for c in configs}):
+        for part in split.split("+") + (["test"] if evaluated == "test" else []):
             if dataset != "folder":
                 load_dataset(dataset, root or None, part)
 
