@@ -77,8 +77,7 @@ PREPROCESS_KINDS = ("standardize", "gcn_zca", "lcn")  # nin.data.preprocess.KIND
 EVAL_SPLITS = ("test", "val")
 _POSITIVE = ("epochs", "batch_size", "lr", "eval_batch_size")
 _NON_NEGATIVE = ("paper_error", "target_error", "momentum", "weight_decay", "label_smoothing", "warmup_epochs",
-                 "dropout", "grad_clip",
-                 "translate", "train_subset", "test_subset", "image_size", "channels", "seed")
+                 "dropout", "grad_clip", "translate", "train_subset", "test_subset", "image_size", "channels", "seed")
 
 
 def field_types() -> dict[str, type]:
