@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--setups", default=",".join(SETUPS), help=f"comma-separated, of {', '.join(SETUPS)}")
     parser.add_argument("--folder-root", help="where to write the PNG folder (default: a temporary folder)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", default="auto", help="auto (bf16 on CUDA) | bf16 (also on a CPU) | off")
     parser.add_argument("--out", default=f"runs/seeds-{time.strftime('%Y%m%d-%H%M%S')}")
     args = parser.parse_args()
     setups = [s for s in args.setups.split(",") if s]
@@ -80,7 +81,7 @@ def main() -> None:
     if unknown or args.seeds < 1:
         parser.error(f"unknown set-up {unknown[0]!r}" if unknown else "--seeds must be 1 or more")
 
-    changes = {"device": args.device, "progress": False, "tensorboard": False}
+    changes = {"device": args.device, "amp": args.amp, "progress": False, "tensorboard": False}
     subsets = {"train_subset": args.train_subset or (1024 if args.quick else 0),
                "test_subset": args.test_subset or (512 if args.quick else 0)}
     if args.quick:
@@ -112,7 +113,7 @@ def main() -> None:
                 rows.append((setup, seed, result["accuracy"], loss, converged(result["accuracy"], loss, classes),
                              config.epochs, time.perf_counter() - started))
 
-    print(f"\n### Recipe `{RECIPE}` ({recipe.model}), {args.seeds} seed(s) per set-up\n")
+    print(f"\n### Recipe `{RECIPE}` ({recipe.model}, amp {args.amp}), {args.seeds} seed(s) per set-up\n")
     print("| set-up | seed | epochs | test accuracy | final train loss | converged | wall time |")
     print("|---|---:|---:|---:|---:|:---:|---:|")
     for setup, seed, accuracy, loss, ok, epochs, seconds in rows:
