@@ -155,7 +155,7 @@ def test_onnx_export_of_every_variant_matches_pytorch_in_onnxruntime(name, tmp_p
     (given,) = session.get_inputs()
     assert given.name == "images" and given.type == "tensor(uint8)"
     assert isinstance(given.shape[0], str) and given.shape[1:] == [channels, cfg.input_size, cfg.input_size]
-    wrapper = WithPreprocessing(model, info.mean, info.std).eval()
+    wrapper = WithPreprocessing(model, info.normalize()).eval()
     generator = torch.Generator().manual_seed(2)
     for batch in ((2,) if name.startswith("nin_imagenet") else (1, 3)):  # not the export's batch of 2 but there
         images = torch.randint(0, 256, (batch, channels, cfg.input_size, cfg.input_size), dtype=torch.uint8,

@@ -215,16 +215,12 @@ def _jsonable(value):
 class WithPreprocessing(nn.Module):
     """The network with its input preprocessing inside: uint8 (N, C, H, W) pixels, 0..255 -> logits.
 
-    ``preprocess``: a fitted preprocessing (``nin.data.preprocess``: ``Standardize``, ``GcnZca``, ``Lcn``,
-    or a plain ``Normalize``); its ``to_module()`` computes exactly what training and ``nin eval`` compute,
-    so the exported model's outputs equal the PyTorch model's on the same pixels.
-    ``WithPreprocessing(model, mean, std)`` is per-channel standardisation, as before."""
+    ``preprocess``: a fitted preprocessing (``nin.data.preprocess``: ``Standardize``, ``GcnZca``, ``Lcn``;
+    ``ModelInfo.normalize()`` gives the run's); its ``to_module()`` computes exactly what training and
+    ``nin eval`` compute, so the exported model's outputs equal the PyTorch model's on the same pixels."""
 
-    def __init__(self, model: nn.Module, preprocess, std=None):
+    def __init__(self, model: nn.Module, preprocess):
         super().__init__()
-        if std is not None or not hasattr(preprocess, "to_module"):  # (model, mean, std), or a plain Normalize
-            mean, std = (preprocess, std) if std is not None else (preprocess.mean, preprocess.std)
-            preprocess = _preprocessing().Standardize(mean, std)
         self.model = model
         self.preprocess = preprocess.to_module()
 
