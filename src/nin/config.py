@@ -29,6 +29,7 @@ class TrainConfig:
     model: str = "nin_mnist_bn"
     dropout: float = 0.5
     init: str = "kaiming"  # kaiming (robust) | gaussian (the authors' std 0.05) | torch (PyTorch's defaults)
+    data_init: bool = True  # without BatchNorm: fit each layer's scale to a batch of training images (LSUV)
     head: str = "gap"
     relu_before_gap: bool = True
     pools: list[str] = field(default_factory=list)  # per stage but the last; empty: the variant's
@@ -45,8 +46,8 @@ class TrainConfig:
     flip: str = "auto"  # auto (when the data set allows it) | yes | no
     preprocess: str = "standardize"  # standardize (per-channel mean/std) | gcn_zca (CIFAR, the paper) | lcn (SVHN)
     # optimisation
-    epochs: int = 5
-    batch_size: int = 128
+    epochs: int | None = None  # None: a length that follows from the training set's size (nin.defaults)
+    batch_size: int | None = None  # None: 128, or smaller when the run would have few steps (nin.defaults)
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
@@ -55,7 +56,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     schedule: str = "cosine"  # cosine | linear | step | constant
     step_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions, for "step"
-    grad_clip: float = 0.0  # >0: clip the gradient norm
+    grad_clip: float | None = None  # clip the gradient norm at this; 0: off; None: nin.defaults decides
     on_nan: str = "stop"  # stop | rollback (reload the last checkpoint, continue at a tenth of the lr)
     # running
     seed: int = 0
@@ -81,16 +82,30 @@ _NON_NEGATIVE = ("paper_error", "target_error", "momentum", "weight_decay", "lab
 
 
 def field_types() -> dict[str, type]:
-    return typing.get_type_hints(TrainConfig)
+    """Each field's type; ``X | None`` (None: decided when the run starts) is given as X (see OPTIONAL)."""
+    return {name: _strip_none(kind) for name, kind in typing.get_type_hints(TrainConfig).items()}
+
+
+def _strip_none(kind):
+    args = typing.get_args(kind)
+    return next(a for a in args if a is not type(None)) if type(None) in args else kind
+
+
+OPTIONAL = frozenset(name for name, kind in typing.get_type_hints(TrainConfig).items()
+                     if type(None) in typing.get_args(kind))
 
 
 def validate(config: TrainConfig) -> TrainConfig:
     for name in _POSITIVE:
         value = getattr(config, name)
+        if value is None and name in OPTIONAL:
+            continue
         if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
             raise NinError(f"{name.replace('_', '-')} must be positive, got {value}")
     for name in _NON_NEGATIVE:
         value = getattr(config, name)
+        if value is None and name in OPTIONAL:
+            continue
         if not value >= 0 or (isinstance(value, float) and not math.isfinite(value)):
             raise NinError(f"{name.replace('_', '-')} must be zero or more, got {value}")
     for name, choices in (("schedule", SCHEDULES), ("flip", FLIPS), ("amp", AMPS), ("on_nan", ON_NAN),
@@ -123,7 +138,8 @@ def from_dict(values: dict, base: TrainConfig | None = None, source: str = "reci
     unknown = sorted(set(values) - set(types))
     if unknown:
         raise NinError(f"{source}: unknown field {unknown[0]!r}; known fields: {', '.join(types)}")
-    checked = {name: _coerce(name, value, types[name]) for name, value in values.items()}
+    checked = {name: None if value is None and name in OPTIONAL else _coerce(name, value, types[name])
+               for name, value in values.items()}
     return dataclasses.replace(base or TrainConfig(), **checked)
 
 

@@ -298,6 +298,10 @@ def create_model(name: str, *, weights: str | os.PathLike | None = None, **kwarg
         raise NinError(f"bad argument for model {name!r}: {error}") from None
 
 
+def has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -321,3 +325,60 @@ def nin_mnist(**kwargs) -> NIN:
 
 def nin_imagenet(**kwargs) -> NIN:
     return create_model("nin_imagenet", **kwargs)
+
+
+class _StopForward(Exception):
+    pass
+
+
+def _weight_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear, LocallyConnected2d))]
+
+
+@torch.no_grad()
+def _layer_output(model: nn.Module, layer: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The output of ``layer`` (before its ReLU) when ``images`` go through ``model``."""
+    captured = []
+
+    def hook(_module, _inputs, output):
+        captured.append(output)
+        raise _StopForward
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        model(images)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+@torch.no_grad()
+def fit_init_to_data(model: nn.Module, images: torch.Tensor, *, target_std: float = 1.0, center: bool = True,
+                     iterations: int = 3) -> None:
+    """Data-dependent initialisation in the spirit of LSUV (Mishkin & Matas, ICLR 2016): layer by layer,
+    in the order the data meets them, set the biases so that each output channel has mean zero on a batch
+    of real images (``center``: half of its ReLUs alive, the class maps before global average pooling
+    included), then scale weights and biases so that the layer's outputs have std ``target_std``.
+
+    Without it, a deep plain network starts with activations that shrink or grow layer by layer, and the
+    class maps start dead or tiny: the loss sits at ln(classes). The weights keep their directions (the
+    ``init`` drawn before), the network keeps its layers; only the scales change."""
+    training = model.training
+    model.eval()  # no dropout: the statistics of the function the network computes
+    try:
+        for layer in _weight_layers(model):
+            for _ in range(iterations):
+                out = _layer_output(model, layer, images).float()
+                if center and layer.bias is not None:
+                    mean = out.mean(dim=[d for d in range(out.dim()) if d != 1])
+                    layer.bias.sub_(mean.view(-1, *[1] * (layer.bias.dim() - 1)))
+                    out = out - mean.view(1, -1, *[1] * (out.dim() - 2))
+                std = float(out.std())
+                if std > 0:
+                    layer.weight.mul_(target_std / std)
+                    if layer.bias is not None:
+                        layer.bias.mul_(target_std / std)
+    finally:
+        model.train(training)

@@ -28,7 +28,8 @@ from .data.splits import paper_validation
 from .data.preprocess import make_preprocess, preprocess_from_state
 from .errors import NinError
 from .evaluate import autocast, evaluate, format_report
-from .models import create_model, default_cfg
+from .defaults import resolve_for_data, resolve_for_model
+from .models import create_model, default_cfg, fit_init_to_data, has_batch_norm
 from .distributed import (World, all_reduce_sum, any_process, broadcast_from_main, close_world, device_for,
                           init_world, local_batch_size, wrap)
 from .tblog import TensorBoardLog
@@ -52,8 +53,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def _silent(*_) -> None:
+    pass
+
+
 @dataclass
 class Data:
+    config: TrainConfig  # the run's config with the settings that depend on the data resolved (nin.defaults)
     train: DeviceLoader
     test: DeviceLoader
     classes: list[str]
@@ -63,7 +69,7 @@ class Data:
 
 
 def prepare_data(config: TrainConfig, device: torch.device, world: World = World(),
-                 preprocess_state: dict | None = None) -> Data:
+                 preprocess_state: dict | None = None, log=_silent) -> Data:
     """Both splits on the device, and the preprocessing: fitted on the training images, or (on resume)
     the checkpoint's, so that a resumed run applies exactly the same transform."""
     info = dataset_info(config.dataset)
@@ -82,6 +88,7 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
         raise NinError(f"the test split's classes {test.classes} differ from the training split's {train.classes}")
     train_images, train_labels = _subset(train.images, train.labels, config.train_subset)
     test_images, test_labels = _subset(test.images, test.labels, config.test_subset)
+    config = resolve_for_data(config, len(train_images), log)
     if len(train_images) < config.batch_size:
         raise NinError(f"{len(train_images)} training images are fewer than one batch of {config.batch_size}; "
                        "lower --batch-size")
@@ -93,7 +100,7 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
     train_loader = DeviceLoader(train_images, train_labels, normalize, batch_size=batch_size, train=True,
                                 translate=config.translate, flip=flip, seed=config.seed, **common)
     test_loader = DeviceLoader(test_images, test_labels, normalize, batch_size=config.eval_batch_size, **common)
-    return Data(train_loader, test_loader, train.classes, normalize, int(train_images.shape[1]),
+    return Data(config, train_loader, test_loader, train.classes, normalize, int(train_images.shape[1]),
                 int(train_images.shape[2]))
 
 
@@ -114,6 +121,14 @@ def _subset(images: torch.Tensor, labels: torch.Tensor, count: int) -> tuple[tor
     return images[rows], labels[rows]
 
 
+def init_batch(loader: DeviceLoader, seed: int, count: int = 256) -> torch.Tensor:
+    """A fixed draw of training images (spread over the set, which may be sorted by class), preprocessed
+    as training batches are, for the data-dependent initialisation."""
+    rows = torch.randperm(len(loader.images), generator=torch.Generator().manual_seed(seed))[:count]
+    images = loader.normalize(loader.images[rows.to(loader.images.device)])
+    return images.contiguous(memory_format=torch.channels_last) if loader.channels_last else images
+
+
 def model_arguments(config: TrainConfig, num_classes: int, channels: int, size: int) -> dict:
     """The keyword arguments that rebuild the model exactly (stored in every checkpoint)."""
     kwargs = dict(num_classes=num_classes, in_channels=channels, dropout=config.dropout, init=config.init,
@@ -132,10 +147,14 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.S
                            nesterov=config.nesterov and config.momentum > 0)
 
 
+MAX_WARMUP_FRACTION = 0.25
+
+
 def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
-    """Linear warm-up from lr/10 over ``warmup_epochs``, then the decay ``schedule`` to the end."""
+    """Linear warm-up from lr/10 over ``warmup_epochs`` (at most a quarter of the run, so that a short
+    run decays too), then the decay ``schedule`` to the end."""
     steps_per_epoch = max(1, total_steps // config.epochs)
-    warmup = min(int(config.warmup_epochs * steps_per_epoch), total_steps - 1)
+    warmup = min(int(config.warmup_epochs * steps_per_epoch), int(MAX_WARMUP_FRACTION * total_steps))
     if step < warmup:
         return config.lr * (0.1 + 0.9 * step / warmup)
     progress = (step - warmup) / max(1, total_steps - warmup)
@@ -193,10 +212,6 @@ def fit(config: TrainConfig, *, resume: str | None = None, log=print) -> dict:
     return {**metrics, "run_dir": str(run.run_dir)}
 
 
-def _silent(*_) -> None:
-    pass
-
-
 class Run:
     """One training run: its data, model, optimizer and state, and the folder it writes."""
 
@@ -206,11 +221,15 @@ class Run:
         self.device = device_for(world, resolve_device(config.device))
         self.run_dir = _shared_run_folder(config, resume, world)
         torch.manual_seed(config.seed)
-        self.data = prepare_data(config, self.device, world, resumed["normalization"] if resumed else None)
+        self.data = prepare_data(config, self.device, world, resumed["normalization"] if resumed else None, log)
         self.model_kwargs = model_arguments(config, len(self.data.classes), self.data.channels, self.data.size)
         self.model = create_model(config.model, **self.model_kwargs).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        plain = not has_batch_norm(self.model)
+        self.config = config = resolve_for_model(self.data.config, plain)
+        if resumed is None and config.data_init and plain:
+            fit_init_to_data(self.model, init_batch(self.data.train, config.seed))
         self.optimizer = make_optimizer(self.model, config)
         self.state = RunState()
         if world.active:  # the same initial weights everywhere (DDP broadcasts them), other dropout masks
@@ -413,8 +432,9 @@ def _warn_if_stuck(train_loss: float, num_classes: int, epoch: int, config: Trai
     chance = math.log(num_classes)
     if abs(train_loss - chance) < 0.02 * chance:
         log(f"warning: after epoch {epoch} the training loss {train_loss:.4f} is still at chance (ln {num_classes} "
-            f"= {chance:.4f}). Usual causes: a learning rate too high (--lr {config.lr}), the std-0.05 Gaussian init "
-            f"(--init {config.init}), or dead ReLUs before global average pooling (--no-relu-before-gap).")
+            f"= {chance:.4f}). Usual causes: a learning rate too high (--lr {config.lr}), its initialisation "
+            f"(--init {config.init}; without BatchNorm, --data-init and --grad-clip 1 help), or dead ReLUs before "
+            "global average pooling (--no-relu-before-gap).")
 
 
 def _run_folder(config: TrainConfig, resume: str | None) -> Path:

@@ -1,0 +1,95 @@
+"""First steps: does every network without BatchNorm leave chance within its first 100 steps, with the defaults?
+
+    .venv/bin/python benchmarks/first_steps.py                    # every plain variant, 5 seeds
+    .venv/bin/python benchmarks/first_steps.py --ablation         # nin_mnist with each start-up aid alone
+
+Each run is a default ``nin train`` on a zoo set (benchmarks/zoo.py; the validation split of its training
+images is evaluated), stopped after its first ``--steps`` optimizer steps (whole epochs: the stop comes at
+the first epoch end at or past that step, with the schedule of the full default run). Reported: the mean
+training loss of the last epoch before the stop (dropout on, as trained), against ln(classes), and the
+validation accuracy there. A run *left chance* when that loss is below 90% of ln(classes).
+
+``--ablation`` measures the two start-up aids of plain networks one at a time: the data-dependent
+initialisation (``--data-init``) and the gradient-norm clipping (``--grad-clip``).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from zoo import ZOO, settings  # noqa: E402
+
+from nin.config import from_dict  # noqa: E402
+from nin.hardware import describe_hardware  # noqa: E402
+from nin.train import fit  # noqa: E402
+
+PLAIN = ("nin_mnist", "nin_cifar10", "nin_cifar100", "nin_svhn", "cnn_sec46")
+ABLATION = {"neither": dict(data_init=False, grad_clip=0.0), "data init only": dict(grad_clip=0.0),
+            "clipping only": dict(data_init=False), "both (the defaults)": {}}
+
+
+class Stop(Exception):
+    pass
+
+
+def first_steps(spec: dict, model: str, seed: int, steps: int, out: Path, **changes) -> dict:
+    config = from_dict({**spec, "model": model, "seed": seed, "eval_split": "val", "progress": False,
+                        "tensorboard": False, "out": str(out), **changes})
+
+    def log(line: str) -> None:
+        if line.startswith("epoch ") and int(_last_step(out)) >= steps:
+            raise Stop
+
+    started = time.perf_counter()
+    try:
+        fit(config, log=log)
+    except Stop:
+        pass
+    rows = list(csv.DictReader(open(out / "metrics.csv", newline="")))
+    return {"loss": float(rows[-1]["train_loss"]), "accuracy": 100 * float(rows[-1]["test_acc"]),
+            "step": int(rows[-1]["step"]), "seconds": time.perf_counter() - started}
+
+
+def _last_step(out: Path) -> int:
+    rows = list(csv.DictReader(open(out / "metrics.csv", newline="")))
+    return int(rows[-1]["step"]) if rows else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(PLAIN))
+    parser.add_argument("--set", default="colour32-2k", choices=sorted(ZOO))
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--ablation", action="store_true", help="nin_mnist with each start-up aid alone")
+    parser.add_argument("--zoo-root", default="runs/zoo")
+    parser.add_argument("--out", default=f"runs/first-steps-{time.strftime('%Y%m%d-%H%M%S')}")
+    args = parser.parse_args()
+    spec = settings(args.set, Path(args.zoo_root))
+    trials = ({name: ("nin_mnist", change) for name, change in ABLATION.items()} if args.ablation
+              else {model: (model, {}) for model in args.models.split(",")})
+    print(f"\n### First {args.steps} steps on {args.set} ({args.seeds} seeds; chance: loss ln(classes))\n")
+    print("| network | settings | last epoch's training loss, per seed | left chance | validation accuracy "
+          "(mean) | at step | seconds per run |")
+    print("|---|---|---|:---:|---:|---:|---:|")
+    for label, (model, change) in trials.items():
+        runs = [first_steps(spec, model, seed, args.steps, Path(args.out) / label.replace(" ", "-") / f"seed{seed}",
+                            **change) for seed in range(args.seeds)]
+        chance = math.log(10 if args.set != "3class-1500" else 3)
+        left = sum(r["loss"] < 0.9 * chance for r in runs)
+        losses = " / ".join(f"{r['loss']:.2f}" for r in runs)
+        print(f"| {model} | {label if args.ablation else 'defaults'} | {losses} | {left}/{len(runs)} | "
+              f"{statistics.mean(r['accuracy'] for r in runs):.1f}% | {runs[0]['step']} | "
+              f"{statistics.mean(r['seconds'] for r in runs):.0f} |", flush=True)
+    print(f"\nhardware: {describe_hardware('cpu')}")
+
+
+if __name__ == "__main__":
+    main()

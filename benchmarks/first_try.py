@@ -1,0 +1,107 @@
+"""First try: `nin train` with nothing but the defaults on every set of the zoo (benchmarks/zoo.py), for the
+default model and the paper's plain network, against the best of a small sweep on the same set.
+
+    .venv/bin/python benchmarks/first_try.py --split val            # choose settings: validation splits only
+    .venv/bin/python benchmarks/first_try.py --split test           # the final table, looked at once
+    .venv/bin/python benchmarks/first_try.py --sets png-2k,digits --seeds 2 --sweep lr
+
+For each set and model: the defaults with ``--seeds`` seeds (accuracy mean ± std, wall time per run, and
+whether a seed sat at chance: its last training loss above 90% of ln(classes)); then the sweep (seed 0):
+the learning rate halved and doubled (``lr``) and the run's length halved and doubled (``length``). The
+sweep's best counts the defaults' seed-0 run too; the gap is that best minus the defaults' mean.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from zoo import ZOO, settings  # noqa: E402
+
+from nin.config import TrainConfig, from_dict  # noqa: E402
+from nin.hardware import describe_hardware  # noqa: E402
+from nin.train import fit  # noqa: E402
+
+MODELS = ("nin_mnist_bn", "nin_mnist")  # the default model and the paper's network (MNIST widths, no BN)
+SWEEPS = {"lr": [("lr", 0.5), ("lr", 2.0)], "length": [("epochs", 0.5), ("epochs", 2.0)]}
+
+
+def train_once(name: str, spec: dict, model: str, seed: int, split: str, out: Path, **changes) -> dict:
+    config = from_dict({**spec, "model": model, "seed": seed, "eval_split": split, "progress": False,
+                        "tensorboard": False, "out": str(out), **changes})
+    started = time.perf_counter()
+    result = fit(config, log=lambda line: print(f"[{name} {model} seed {seed}] {line}", flush=True))
+    rows = list(csv.DictReader(open(Path(result["run_dir"]) / "metrics.csv", newline="")))
+    chance_loss = math.log(len(result["per_class"]))
+    return {"accuracy": 100 * result["accuracy"], "seconds": time.perf_counter() - started,
+            "at_chance": float(rows[-1]["train_loss"]) > 0.9 * chance_loss, "epochs": int(rows[-1]["epoch"])}
+
+
+def swept(knob: str, factor: float, default_epochs: int) -> dict:
+    """One sweep point: the default lr or the default length (``default_epochs``) times ``factor``."""
+    if knob == "lr":
+        return {"lr": TrainConfig.lr * factor}
+    return {"epochs": max(1, round(default_epochs * factor))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", default=",".join(ZOO), help=f"comma-separated, of {', '.join(ZOO)}")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--sweep", default="lr,length", help="lr, length, both (default) or none")
+    parser.add_argument("--sweep-models", default=MODELS[0], help="the models swept (default: the default one)")
+    parser.add_argument("--split", choices=("val", "test"), default="val",
+                        help="val: the validation split of each set's training images (for choosing); test: once")
+    parser.add_argument("--zoo-root", default="runs/zoo", help="where the folder sets are written")
+    parser.add_argument("--out", default=f"runs/first-try-{time.strftime('%Y%m%d-%H%M%S')}")
+    args = parser.parse_args()
+    sets, models = args.sets.split(","), args.models.split(",")
+    unknown = sorted(set(sets) - set(ZOO))
+    if unknown:
+        parser.error(f"unknown set {unknown[0]!r}: expected some of {', '.join(ZOO)}")
+    sweeps = [point for name in args.sweep.split(",") if name in SWEEPS for point in SWEEPS[name]]
+
+    table = []
+    for name in sets:
+        spec = settings(name, Path(args.zoo_root))
+        for model in models:
+            runs = [train_once(name, spec, model, seed, args.split, Path(args.out) / name / model / f"seed{seed}")
+                    for seed in range(args.seeds)]
+            best, best_setting = runs[0]["accuracy"], "defaults"
+            if model in args.sweep_models.split(","):
+                for knob, factor in sweeps:
+                    change = swept(knob, factor, runs[0]["epochs"])
+                    label = ",".join(f"{k}={v:g}" for k, v in change.items())
+                    point = train_once(name, spec, model, 0, args.split, Path(args.out) / name / model / label,
+                                       **change)
+                    if point["accuracy"] > best:
+                        best, best_setting = point["accuracy"], label
+            table.append((name, model, runs, best, best_setting))
+            _print_table(table, args)
+
+
+def _print_table(table: list, args) -> None:
+    print(f"\n### First try: the defaults on the zoo ({args.split} split, {args.seeds} seed(s))\n")
+    print("| set | model | epochs | defaults: accuracy (mean ± std) | at chance | sweep best (setting) | gap "
+          "| wall time per run |")
+    print("|---|---|---:|---:|:---:|---:|---:|---:|")
+    for name, model, runs, best, setting in table:
+        accuracies = [r["accuracy"] for r in runs]
+        mean = statistics.mean(accuracies)
+        spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+        stuck = sum(r["at_chance"] for r in runs)
+        minutes = statistics.mean(r["seconds"] for r in runs) / 60
+        print(f"| {name} | {model} | {runs[0]['epochs']} | {mean:.2f} ± {spread:.2f}% | {stuck}/{len(runs)} | "
+              f"{best:.2f}% ({setting}) | {best - mean:+.2f} | {minutes:.1f} min |")
+    print(f"\nhardware: {describe_hardware('cpu')}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""A zoo of real image sets built from what this machine has, to judge the defaults on data no recipe was
+tuned for: Fashion-MNIST at several sizes, in its own IDX format and as folders of PNG files, resized to
+32 and 64 pixels, recoloured to three channels, a 3-class version, and scikit-learn's 8x8 handwritten
+digits (a real image set shipped inside a package: `pip install scikit-learn`).
+
+Each set is a dict of ``nin train`` settings (``ZOO[name]``); ``build(name, root)`` writes the folder
+sets under ``root`` (the IDX sets need nothing written). Folder sets take their training images from
+Fashion-MNIST's training split and their test images from its test split, so validation (the last fifth
+of each training class, ``--eval-split val``) and test never share an image.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from nin.data import load_dataset
+
+TEST_IMAGES = 1000  # test images of every folder set (Fashion-MNIST's test split, a fixed spread draw)
+THREE_CLASSES = ("T-shirt/top", "Pullover", "Shirt")  # the three that Fashion-MNIST confuses most
+
+ZOO: dict[str, dict] = {
+    "fmnist-500": dict(dataset="fashion-mnist", train_subset=500),
+    "fmnist-2k": dict(dataset="fashion-mnist", train_subset=2_000),
+    "fmnist-10k": dict(dataset="fashion-mnist", train_subset=10_000),
+    "fmnist-60k": dict(dataset="fashion-mnist"),
+    "png-2k": dict(dataset="folder", channels=1, image_size=28, build=dict(train=2_000, size=28)),
+    "colour32-2k": dict(dataset="folder", channels=3, image_size=32, build=dict(train=2_000, size=32, colour=True)),
+    "grey64-1k": dict(dataset="folder", channels=1, image_size=64, build=dict(train=1_000, size=64)),
+    "3class-1500": dict(dataset="folder", channels=1, image_size=28,
+                        build=dict(train=1_500, size=28, classes=THREE_CLASSES)),
+    "digits": dict(dataset="folder", channels=1, image_size=28, build=dict(digits=True)),
+}
+
+
+def settings(name: str, root: Path) -> dict:
+    """The ``nin train`` settings of a zoo set (writing its folder first when it is one)."""
+    spec = dict(ZOO[name])
+    recipe = spec.pop("build", None)
+    if recipe is not None:
+        spec["root"] = str(build(name, root, **recipe))
+    return spec
+
+
+def build(name: str, root: Path, *, train: int = 0, size: int = 28, colour: bool = False,
+          classes: tuple[str, ...] = (), digits: bool = False) -> Path:
+    folder = Path(root) / name
+    if (folder / "done").exists():
+        return folder
+    if digits:
+        splits = _digits()
+    else:
+        splits = {split: _fashion(split, count, size, colour, classes)
+                  for split, count in (("train", train), ("test", TEST_IMAGES))}
+    for split, (images, labels, names) in splits.items():
+        _write_pngs(folder / split, images, labels, names)
+    (folder / "done").write_text("complete\n")
+    return folder
+
+
+def _spread(count: int, total: int, seed: int) -> torch.Tensor:
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:count].sort().values
+
+
+def _fashion(split: str, count: int, size: int, colour: bool, classes: tuple[str, ...]):
+    images, labels, names = load_dataset("fashion-mnist", None, split)
+    if classes:
+        keep = [names.index(c) for c in classes]
+        rows = torch.isin(labels, torch.tensor(keep)).nonzero().flatten()
+        images, labels = images[rows], torch.tensor([keep.index(int(y)) for y in labels[rows]])
+        names = list(classes)
+    rows = _spread(min(count, len(labels)), len(labels), seed=1 if split == "train" else 2)
+    images, labels = images[rows], labels[rows]
+    if size != images.shape[-1]:
+        resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
+        images = resized.round().clamp(0, 255).to(torch.uint8)
+    if colour:
+        images = _recolour(images, seed=3 if split == "train" else 4)
+    return images, labels, names
+
+
+def _recolour(grey: torch.Tensor, seed: int) -> torch.Tensor:
+    """Each image in its own colours: a random ink colour on a random dark background."""
+    generator = torch.Generator().manual_seed(seed)
+    ink = torch.rand(len(grey), 3, 1, 1, generator=generator) * 0.6 + 0.4
+    paper = torch.rand(len(grey), 3, 1, 1, generator=generator) * 0.3
+    alpha = grey.float() / 255
+    return ((alpha * ink + (1 - alpha) * paper) * 255).round().to(torch.uint8)
+
+
+def _digits():
+    """scikit-learn's 1,797 8x8 digits (0..16 grey levels); every fifth image of each class for testing."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy((digits.images * (255 / 16)).round().astype(np.uint8)).unsqueeze(1)
+    labels = torch.from_numpy(digits.target).long()
+    test = torch.arange(len(labels)) % 5 == 4
+    names = [str(d) for d in range(10)]
+    return {"train": (images[~test], labels[~test], names), "test": (images[test], labels[test], names)}
+
+
+def _write_pngs(folder: Path, images: torch.Tensor, labels: torch.Tensor, names: list[str]) -> None:
+    for index, (image, label) in enumerate(zip(images, labels)):
+        target = folder / names[int(label)].replace("/", "-")
+        target.mkdir(parents=True, exist_ok=True)
+        pixels = image.permute(1, 2, 0).numpy()
+        Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(target / f"{index:05d}.png")

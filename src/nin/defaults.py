@@ -1,0 +1,56 @@
+"""The settings a run gets when neither the command line nor a recipe fixes them.
+
+The run's length follows from the training set's size: a budget of images seen that grows with the
+square root of the set's size (small sets get many epochs, large ones few), so that the time a default
+run takes grows with the data, but slower than it. ``benchmarks/first_try.py`` measures these defaults
+against a small sweep on every set of its zoo.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from .config import TrainConfig
+
+IMAGES_PER_SQRT_IMAGE = 1500  # the length: 1500 * sqrt(N) images seen (N = training images)
+MIN_EPOCHS, MAX_EPOCHS = 1, 100
+MIN_STEPS = 300  # every run gets at least this many optimizer steps when it can: by smaller batches or more epochs
+BATCH_SIZES = (128, 64, 32)  # the default batch: the largest of these that gives MIN_STEPS steps
+PLAIN_GRAD_CLIP = 1.0  # networks without BatchNorm: the gradient norm is clipped at this by default
+
+
+def default_epochs(train_images: int) -> int:
+    """Epochs that show a default run about 1500 * sqrt(N) images: many epochs of a small set, few of a
+    large one, so that the time grows with the data but slower than it."""
+    epochs = math.ceil(IMAGES_PER_SQRT_IMAGE * math.sqrt(train_images) / train_images)
+    return min(MAX_EPOCHS, max(MIN_EPOCHS, epochs))
+
+
+def default_batch_size(train_images: int, epochs: int) -> int:
+    """The largest batch of BATCH_SIZES that gives the run MIN_STEPS optimizer steps (else the smallest)."""
+    return next((b for b in BATCH_SIZES if epochs * (train_images // b) >= MIN_STEPS), BATCH_SIZES[-1])
+
+
+def resolve_for_data(config: TrainConfig, train_images: int, log=print) -> TrainConfig:
+    """``epochs`` and ``batch_size`` left to the run (None) made concrete for ``train_images`` images, and
+    said in one line, so that the run's config.json holds what was used."""
+    epochs, batch_size = config.epochs, config.batch_size
+    if epochs is None:
+        epochs = default_epochs(train_images)
+    if batch_size is None:
+        batch_size = min(default_batch_size(train_images, epochs), train_images)
+    if config.epochs is None:  # a tiny set: more epochs, up to the cap, to reach MIN_STEPS
+        epochs = min(MAX_EPOCHS, max(epochs, math.ceil(MIN_STEPS / max(1, train_images // batch_size))))
+    if (epochs, batch_size) != (config.epochs, config.batch_size):
+        steps = epochs * (train_images // batch_size)
+        log(f"{train_images:,} training images: {epochs} epoch{'s' * (epochs != 1)} of batch {batch_size}, "
+            f"{steps:,} steps (the defaults for this many images: about {IMAGES_PER_SQRT_IMAGE} x sqrt(images) "
+            f"seen, at least {MIN_STEPS} steps; --epochs and --batch-size set them)")
+    return dataclasses.replace(config, epochs=epochs, batch_size=batch_size)
+
+
+def resolve_for_model(config: TrainConfig, plain: bool) -> TrainConfig:
+    """``grad_clip`` left to the run (None): on for networks without BatchNorm (``plain``), off with it."""
+    if config.grad_clip is not None:
+        return config
+    return dataclasses.replace(config, grad_clip=PLAIN_GRAD_CLIP if plain else 0.0)

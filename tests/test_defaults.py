@@ -1,0 +1,104 @@
+"""The defaults a run gets when nothing fixes them: its length follows the data's size, its schedule fits
+inside the run, and the paper's plain networks leave chance from their first steps."""
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from nin.config import TrainConfig
+from nin.defaults import MAX_EPOCHS, MIN_STEPS, default_epochs, resolve_for_data, resolve_for_model
+from nin.models import _layer_output, _weight_layers, create_model, fit_init_to_data
+from nin.train import fit, lr_at
+
+
+def test_small_sets_get_many_epochs_large_ones_few():
+    assert default_epochs(1_400) == 41  # 1500 * sqrt(1400) = 57,400 images seen
+    assert default_epochs(10_000) == 15
+    assert default_epochs(60_000) == 7
+    assert default_epochs(604_388) == 2  # SVHN train + extra
+    epochs = [default_epochs(n) for n in (500, 2_000, 10_000, 60_000, 600_000)]
+    assert epochs == sorted(epochs, reverse=True)
+    seen = [n * default_epochs(n) for n in (2_000, 10_000, 60_000, 600_000)]
+    assert seen == sorted(seen)  # the time still grows with the data
+
+
+def resolved(epochs=None, batch_size=None, images=10_000):
+    config = resolve_for_data(TrainConfig(epochs=epochs, batch_size=batch_size), images, log=lambda *_: None)
+    return config.epochs, config.batch_size
+
+
+def test_a_short_run_gets_smaller_batches_so_that_it_has_enough_steps():
+    assert resolved(epochs=1, images=10_000) == (1, 32)  # 312 steps, not 78
+    assert resolved(epochs=1, images=60_000) == (1, 128)  # 468 steps
+    assert resolved(epochs=5, images=2_000) == (5, 32)
+    assert resolved(epochs=1, images=20) == (1, 20)  # fewer images than the smallest batch: one batch
+
+
+def test_tiny_sets_get_a_floor_of_steps_and_a_cap_of_epochs():
+    epochs, batch = resolved(images=500)
+    assert epochs * (500 // batch) >= MIN_STEPS and batch == 64
+    assert resolved(images=40) == (MAX_EPOCHS, 32)  # one step an epoch: the cap, not 300 epochs
+
+
+def test_what_the_user_gives_is_kept_and_what_is_resolved_is_said():
+    lines = []
+    config = TrainConfig(epochs=3, batch_size=128)
+    assert resolve_for_data(config, 1_400, log=lines.append) == config and lines == []
+    config = resolve_for_data(TrainConfig(), 1_400, log=lines.append)
+    assert (config.epochs, config.batch_size) == (41, 128)
+    assert lines == ["1,400 training images: 41 epochs of batch 128, 410 steps (the defaults for this many images: "
+                     "about 1500 x sqrt(images) seen, at least 300 steps; --epochs and --batch-size set them)"]
+
+
+def test_gradient_clipping_is_on_for_plain_networks_off_with_batch_norm_unless_given():
+    assert resolve_for_model(TrainConfig(), plain=True).grad_clip == 1.0
+    assert resolve_for_model(TrainConfig(), plain=False).grad_clip == 0.0
+    assert resolve_for_model(TrainConfig(grad_clip=0.0), plain=True).grad_clip == 0.0
+    assert resolve_for_model(TrainConfig(grad_clip=5.0), plain=False).grad_clip == 5.0
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_a_short_run_warms_up_inside_the_run_and_decays_to_the_end(epochs):
+    config = TrainConfig(lr=0.1, epochs=epochs, warmup_epochs=1.0, schedule="cosine")
+    total = 80 * epochs
+    lrs = [lr_at(step, total, config) for step in range(total)]
+    peak = lrs.index(max(lrs))
+    assert 0 < peak <= total // 4  # one epoch of warm-up is cut to a quarter of a one-epoch run
+    assert lrs[-1] < 0.01 * max(lrs)  # and the run still ends near zero
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))
+
+
+def test_data_init_gives_every_layer_unit_scale_and_centred_outputs_on_the_batch():
+    torch.manual_seed(0)
+    model, images = create_model("nin_mnist"), torch.randn(64, 1, 28, 28)
+    fit_init_to_data(model, images)
+    model.eval()
+    for layer in _weight_layers(model):
+        out = _layer_output(model, layer, images)
+        assert float(out.std()) == pytest.approx(1.0, abs=0.05)
+        assert float(out.mean(dim=(0, 2, 3)).abs().max()) < 1e-4
+    assert model.training is False  # left as it was (eval here)
+
+
+def test_data_init_keeps_the_network_and_its_function_shape():
+    model = create_model("nin_mnist")
+    shapes = {name: p.shape for name, p in model.named_parameters()}
+    fit_init_to_data(model, torch.randn(16, 1, 28, 28))
+    assert {name: p.shape for name, p in model.named_parameters()} == shapes and model.training
+
+
+def test_the_papers_plain_network_leaves_chance_within_100_steps(tmp_path, fashion_mnist_root):
+    """nin_mnist (no BatchNorm, dropout 0.5, ReLU before the pooling) with the defaults, 100 steps."""
+    config = TrainConfig(model="nin_mnist", train_subset=3_200, test_subset=1_000, batch_size=32, epochs=1,
+                         progress=False, tensorboard=False, device="cpu", out=str(tmp_path / "run"))
+    result = fit(config, log=lambda *_: None)
+    row = next(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert int(row["step"]) == 100
+    # the epoch's mean, first steps included: 1.99 here, and 2.29 (ln 10 = 2.30) without the two aids
+    assert float(row["train_loss"]) < 0.9 * math.log(10)
+    assert result["accuracy"] > 0.4  # chance is 0.1; 0.53 here, 0.10 without the aids
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["grad_clip"] == 1.0 and saved["data_init"] is True and saved["epochs"] == 1
+    assert saved["batch_size"] == 32
