@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from zoo import ZOO, settings  # noqa: E402
 
 from nin.config import from_dict  # noqa: E402
+from nin.errors import NinError  # noqa: E402
 from nin.hardware import describe_hardware  # noqa: E402
 from nin.train import fit  # noqa: E402
 
@@ -52,6 +53,9 @@ def first_steps(spec: dict, model: str, seed: int, steps: int, out: Path, **chan
         fit(config, log=log)
     except Stop:
         pass
+    except NinError as error:  # a run that diverged (non-finite loss) did not leave chance
+        print(f"[{model} seed {seed}] {error}", flush=True)
+        return {"loss": math.nan, "accuracy": math.nan, "step": _last_step(out), "seconds": math.nan}
     rows = list(csv.DictReader(open(out / "metrics.csv", newline="")))
     return {"loss": float(rows[-1]["train_loss"]), "accuracy": 100 * float(rows[-1]["test_acc"]),
             "step": int(rows[-1]["step"]), "seconds": time.perf_counter() - started}
@@ -60,6 +64,11 @@ def first_steps(spec: dict, model: str, seed: int, steps: int, out: Path, **chan
 def _last_step(out: Path) -> int:
     rows = list(csv.DictReader(open(out / "metrics.csv", newline="")))
     return int(rows[-1]["step"]) if rows else 0
+
+
+def _mean(values) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return statistics.mean(finite) if finite else math.nan
 
 
 def main() -> None:
@@ -77,17 +86,17 @@ def main() -> None:
               else {model: (model, {}) for model in args.models.split(",")})
     print(f"\n### First {args.steps} steps on {args.set} ({args.seeds} seeds; chance: loss ln(classes))\n")
     print("| network | settings | last epoch's training loss, per seed | left chance | validation accuracy "
-          "(mean) | at step | seconds per run |")
+          "(mean of runs that did not diverge) | at step | seconds per run |")
     print("|---|---|---|:---:|---:|---:|---:|")
     for label, (model, change) in trials.items():
         runs = [first_steps(spec, model, seed, args.steps, Path(args.out) / label.replace(" ", "-") / f"seed{seed}",
                             **change) for seed in range(args.seeds)]
         chance = math.log(10 if args.set != "3class-1500" else 3)
-        left = sum(r["loss"] < 0.9 * chance for r in runs)
-        losses = " / ".join(f"{r['loss']:.2f}" for r in runs)
+        left = sum(r["loss"] < 0.9 * chance for r in runs)  # NaN (diverged) compares False
+        losses = " / ".join("diverged" if math.isnan(r["loss"]) else f"{r['loss']:.2f}" for r in runs)
         print(f"| {model} | {label if args.ablation else 'defaults'} | {losses} | {left}/{len(runs)} | "
-              f"{statistics.mean(r['accuracy'] for r in runs):.1f}% | {runs[0]['step']} | "
-              f"{statistics.mean(r['seconds'] for r in runs):.0f} |", flush=True)
+              f"{_mean(r['accuracy'] for r in runs):.1f}% | {runs[0]['step']} | "
+              f"{_mean(r['seconds'] for r in runs):.0f} |", flush=True)
     print(f"\nhardware: {describe_hardware('cpu')}")
 
 

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from nin.config import TrainConfig
+from nin.config import TrainConfig, list_recipes, load_recipe
 from nin.defaults import MAX_EPOCHS, MIN_STEPS, default_epochs, resolve_for_data, resolve_for_model
 from nin.models import _layer_output, _weight_layers, create_model, fit_init_to_data
-from nin.train import fit, lr_at
+from nin.train import MAX_WARMUP_FRACTION, fit, lr_at
 
 
 def test_small_sets_get_many_epochs_large_ones_few():
@@ -52,9 +52,11 @@ def test_what_the_user_gives_is_kept_and_what_is_resolved_is_said():
                      "about 1500 x sqrt(images) seen, at least 300 steps; --epochs and --batch-size set them)"]
 
 
-def test_gradient_clipping_is_on_for_plain_networks_off_with_batch_norm_unless_given():
-    assert resolve_for_model(TrainConfig(), plain=True).grad_clip == 1.0
-    assert resolve_for_model(TrainConfig(), plain=False).grad_clip == 0.0
+def test_plain_networks_get_clipping_and_the_papers_dropout_batch_norm_twins_neither_unless_given():
+    plain, twin = resolve_for_model(TrainConfig(), plain=True), resolve_for_model(TrainConfig(), plain=False)
+    assert (plain.grad_clip, plain.dropout) == (1.0, 0.5)
+    assert (twin.grad_clip, twin.dropout) == (0.0, 0.3)
+    assert resolve_for_model(TrainConfig(dropout=0.1), plain=True).dropout == 0.1
     assert resolve_for_model(TrainConfig(grad_clip=0.0), plain=True).grad_clip == 0.0
     assert resolve_for_model(TrainConfig(grad_clip=5.0), plain=False).grad_clip == 5.0
 
@@ -102,3 +104,12 @@ def test_the_papers_plain_network_leaves_chance_within_100_steps(tmp_path, fashi
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["grad_clip"] == 1.0 and saved["data_init"] is True and saved["epochs"] == 1
     assert saved["batch_size"] == 32
+
+
+@pytest.mark.parametrize("name", list_recipes())
+def test_every_recipe_fixes_what_the_defaults_would_decide_and_keeps_its_schedule(name):
+    """So that a recipe's runs are what they were before these defaults existed."""
+    recipe = load_recipe(name)
+    assert None not in (recipe.epochs, recipe.batch_size, recipe.dropout)
+    assert resolve_for_data(recipe, 60_000, log=lambda *_: pytest.fail("nothing to resolve")) == recipe
+    assert recipe.warmup_epochs <= MAX_WARMUP_FRACTION * recipe.epochs  # the cap on warm-up never bites

@@ -27,7 +27,7 @@ class TrainConfig:
     target_error: float = 0.0  # best-known recipes: the best public NIN test error (percent) they aim to beat
     # model
     model: str = "nin_mnist_bn"
-    dropout: float = 0.5
+    dropout: float | None = None  # None: the paper's 0.5 without BatchNorm, 0.3 with it (nin.defaults)
     init: str = "kaiming"  # kaiming (robust) | gaussian (the authors' std 0.05) | torch (PyTorch's defaults)
     data_init: bool = True  # without BatchNorm: fit each layer's scale to a batch of training images (LSUV)
     head: str = "gap"
@@ -112,7 +112,7 @@ def validate(config: TrainConfig) -> TrainConfig:
                           ("preprocess", PREPROCESS_KINDS), ("eval_split", EVAL_SPLITS)):
         if getattr(config, name) not in choices:
             raise NinError(f"{name} must be one of {', '.join(choices)}, got {getattr(config, name)!r}")
-    if config.dropout >= 1:
+    if config.dropout is not None and config.dropout >= 1:
         raise NinError(f"dropout must be below 1, got {config.dropout}")
     return config
 

@@ -17,6 +17,7 @@ MIN_EPOCHS, MAX_EPOCHS = 1, 100
 MIN_STEPS = 300  # every run gets at least this many optimizer steps when it can: by smaller batches or more epochs
 BATCH_SIZES = (128, 64, 32)  # the default batch: the largest of these that gives MIN_STEPS steps
 PLAIN_GRAD_CLIP = 1.0  # networks without BatchNorm: the gradient norm is clipped at this by default
+PLAIN_DROPOUT, BATCH_NORM_DROPOUT = 0.5, 0.3
 
 
 def default_epochs(train_images: int) -> int:
@@ -50,7 +51,12 @@ def resolve_for_data(config: TrainConfig, train_images: int, log=print) -> Train
 
 
 def resolve_for_model(config: TrainConfig, plain: bool) -> TrainConfig:
-    """``grad_clip`` left to the run (None): on for networks without BatchNorm (``plain``), off with it."""
-    if config.grad_clip is not None:
-        return config
-    return dataclasses.replace(config, grad_clip=PLAIN_GRAD_CLIP if plain else 0.0)
+    """The settings left to the run (None) that depend on the network: ``plain`` means without BatchNorm.
+    Gradient clipping is on for plain networks, off with BatchNorm; dropout is the paper's 0.5 for plain
+    networks, 0.3 for the BatchNorm twins (which need less of it)."""
+    changes = {}
+    if config.grad_clip is None:
+        changes["grad_clip"] = PLAIN_GRAD_CLIP if plain else 0.0
+    if config.dropout is None:
+        changes["dropout"] = PLAIN_DROPOUT if plain else BATCH_NORM_DROPOUT
+    return dataclasses.replace(config, **changes)

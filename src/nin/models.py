@@ -298,8 +298,8 @@ def create_model(name: str, *, weights: str | os.PathLike | None = None, **kwarg
         raise NinError(f"bad argument for model {name!r}: {error}") from None
 
 
-def has_batch_norm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+def variant_has_batch_norm(name: str) -> bool:
+    return bool(_variant(name).defaults.get("batch_norm", False))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -29,7 +29,7 @@ from .data.preprocess import make_preprocess, preprocess_from_state
 from .errors import NinError
 from .evaluate import autocast, evaluate, format_report
 from .defaults import resolve_for_data, resolve_for_model
-from .models import create_model, default_cfg, fit_init_to_data, has_batch_norm
+from .models import create_model, default_cfg, fit_init_to_data, variant_has_batch_norm
 from .distributed import (World, all_reduce_sum, any_process, broadcast_from_main, close_world, device_for,
                           init_world, local_batch_size, wrap)
 from .tblog import TensorBoardLog
@@ -222,12 +222,12 @@ class Run:
         self.run_dir = _shared_run_folder(config, resume, world)
         torch.manual_seed(config.seed)
         self.data = prepare_data(config, self.device, world, resumed["normalization"] if resumed else None, log)
+        plain = not variant_has_batch_norm(config.model)
+        self.config = config = resolve_for_model(self.data.config, plain)
         self.model_kwargs = model_arguments(config, len(self.data.classes), self.data.channels, self.data.size)
         self.model = create_model(config.model, **self.model_kwargs).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        plain = not has_batch_norm(self.model)
-        self.config = config = resolve_for_model(self.data.config, plain)
         if resumed is None and config.data_init and plain:
             fit_init_to_data(self.model, init_batch(self.data.train, config.seed))
         self.optimizer = make_optimizer(self.model, config)
