@@ -362,9 +362,9 @@ def fit_init_to_data(model: nn.Module, images: torch.Tensor, *, target_std: floa
     of real images (``center``: half of its ReLUs alive, the class maps before global average pooling
     included), then scale weights and biases so that the layer's outputs have std ``target_std``.
 
-    Without it, a deep plain network starts with activations that shrink or grow layer by layer, and the
-    class maps start dead or tiny: the loss sits at ln(classes). The weights keep their directions (the
-    ``init`` drawn before), the network keeps its layers; only the scales change."""
+    Its first gradients are large: ``nin train`` uses it together with gradient-norm clipping (alone, it
+    killed the class maps of nin_mnist in benchmarks/first_steps.py --ablation). The weights keep their
+    directions (the ``init`` drawn before), the network keeps its layers; only the scales change."""
     training = model.training
     model.eval()  # no dropout: the statistics of the function the network computes
     try:
