@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from zoo import ZOO, settings  # noqa: E402
 
+from nin.checkpoint import load_checkpoint  # noqa: E402
 from nin.config import from_dict  # noqa: E402
 from nin.errors import NinError  # noqa: E402
 from nin.hardware import describe_hardware  # noqa: E402
@@ -45,7 +46,7 @@ def first_steps(spec: dict, model: str, seed: int, steps: int, out: Path, **chan
                         "tensorboard": False, "out": str(out), **changes})
 
     def log(line: str) -> None:
-        if line.startswith("epoch ") and int(_last_step(out)) >= steps:
+        if line.startswith("epoch ") and _last_step(out) >= steps:
             raise Stop
 
     started = time.perf_counter()
@@ -55,10 +56,12 @@ def first_steps(spec: dict, model: str, seed: int, steps: int, out: Path, **chan
         pass
     except NinError as error:  # a run that diverged (non-finite loss) did not leave chance
         print(f"[{model} seed {seed}] {error}", flush=True)
-        return {"loss": math.nan, "accuracy": math.nan, "step": _last_step(out), "seconds": math.nan}
+        return {"loss": math.nan, "accuracy": math.nan, "step": _last_step(out), "seconds": math.nan,
+                "classes": len(load_checkpoint(out)["classes"])}
     rows = list(csv.DictReader(open(out / "metrics.csv", newline="")))
     return {"loss": float(rows[-1]["train_loss"]), "accuracy": 100 * float(rows[-1]["test_acc"]),
-            "step": int(rows[-1]["step"]), "seconds": time.perf_counter() - started}
+            "step": int(rows[-1]["step"]), "seconds": time.perf_counter() - started,
+            "classes": len(load_checkpoint(out)["classes"])}
 
 
 def _last_step(out: Path) -> int:
@@ -91,8 +94,7 @@ def main() -> None:
     for label, (model, change) in trials.items():
         runs = [first_steps(spec, model, seed, args.steps, Path(args.out) / label.replace(" ", "-") / f"seed{seed}",
                             **change) for seed in range(args.seeds)]
-        chance = math.log(10 if args.set != "3class-1500" else 3)
-        left = sum(r["loss"] < 0.9 * chance for r in runs)  # NaN (diverged) compares False
+        left = sum(r["loss"] < 0.9 * math.log(r["classes"]) for r in runs)  # NaN (diverged) compares False
         losses = " / ".join("diverged" if math.isnan(r["loss"]) else f"{r['loss']:.2f}" for r in runs)
         print(f"| {model} | {label if args.ablation else 'defaults'} | {losses} | {left}/{len(runs)} | "
               f"{_mean(r['accuracy'] for r in runs):.1f}% | {runs[0]['step']} | "

@@ -55,7 +55,8 @@ def main() -> None:
     parser.add_argument("--sets", default=",".join(ZOO), help=f"comma-separated, of {', '.join(ZOO)}")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--sweep", default="lr,length", help="lr, length, both (default) or none")
+    parser.add_argument("--sweep", default="lr,length", help="comma-separated, of lr, length (default: both); "
+                        "none: no sweep")
     parser.add_argument("--sweep-models", default=MODELS[0], help="the models swept (default: the default one)")
     parser.add_argument("--split", choices=("val", "test"), default="val",
                         help="val: the validation split of each set's training images (for choosing); test: once")
@@ -66,7 +67,10 @@ def main() -> None:
     unknown = sorted(set(sets) - set(ZOO))
     if unknown:
         parser.error(f"unknown set {unknown[0]!r}: expected some of {', '.join(ZOO)}")
-    sweeps = [point for name in args.sweep.split(",") if name in SWEEPS for point in SWEEPS[name]]
+    knobs = [] if args.sweep == "none" else args.sweep.split(",")
+    if set(knobs) - set(SWEEPS):
+        parser.error(f"unknown sweep {sorted(set(knobs) - set(SWEEPS))[0]!r}: expected lr, length or none")
+    sweeps = [point for name in knobs for point in SWEEPS[name]]
 
     table = []
     for name in sets:

@@ -72,6 +72,9 @@ def test_a_bad_recipe_file_is_one_line(tmp_path, capsys, folder_data, text, mess
     (["--eval-batch-size", "0"], "eval-batch-size must be positive, got 0"),
     (["--momentum", "-0.9"], "momentum must be zero or more"),
     (["--dropout", "1"], "dropout must be below 1"),
+    (["--dropout", "-0.1"], "dropout must be zero or more, got -0.1"),
+    (["--grad-clip", "-1"], "grad-clip must be zero or more, got -1.0"),
+    (["--grad-clip", "nan"], "grad-clip must be zero or more, got nan"),
     (["--schedule", "exponential"], "schedule must be one of cosine, linear, step, constant"),
     (["--on-nan", "retry"], "on_nan must be one of stop, rollback"),
 ])
