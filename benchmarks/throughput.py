@@ -27,6 +27,8 @@ from nin.config import TrainConfig
 from nin.evaluate import autocast
 from nin.hardware import describe_hardware
 from nin.models import create_model
+from nin.distributed import World
+from nin.rundir import RunFolder
 from nin.train import Run, resolve_device
 from seed_model import SeedNIN
 
@@ -171,7 +173,7 @@ def main() -> None:
         config = TrainConfig(model="nin_cifar10", dataset="cifar10", root=str(root), batch_size=BATCH,
                              epochs=1, lr=0.01, device=str(device), progress=False, tensorboard=False,
                              out=str(root / "run"))
-        run = Run(config, None, lambda *_: None)
+        run = Run(config, None, lambda *_: None, World(), RunFolder.claim(config.out, "", None))
         variants = {"b": run.amp}  # on CUDA (b) runs under bf16 autocast, as `nin train` does there
         if args.cpu_bf16 and device.type == "cpu":
             variants["c"] = True

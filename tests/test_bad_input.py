@@ -5,6 +5,8 @@ training, a text file as checkpoint or image) and tests/test_data.py (the reader
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -77,6 +79,9 @@ def test_a_bad_recipe_file_is_one_line(tmp_path, capsys, folder_data, text, mess
     (["--grad-clip", "nan"], "grad-clip must be zero or more, got nan"),
     (["--schedule", "exponential"], "schedule must be one of cosine, linear, step, constant"),
     (["--on-nan", "retry"], "on_nan must be one of stop, rollback"),
+    (["--label-smoothing", "2"], "label-smoothing must be below 1, got 2.0"),
+    (["--channels", "5"], "channels must be 1 (grey) or 3 (colour), got 5"),
+    (["--translate", "100000"], "--translate 100000 shifts images of 28 pixels out of view"),
 ])
 def test_a_bad_setting_is_one_line(tmp_path, capsys, folder_data, flags, message):
     code, _, err = run_cli(["train", "--dataset", "folder", "--root", folder_data, *FAST, *flags,
@@ -84,12 +89,43 @@ def test_a_bad_setting_is_one_line(tmp_path, capsys, folder_data, flags, message
     assert_one_line_error(code, err, message)
 
 
-def test_a_flag_of_the_wrong_type_is_refused_by_the_parser_with_exit_code_2(capsys):
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--epochs", "ten"], "nin train: error: argument --epochs: invalid int value: 'ten' (see nin train --help)"),
+    (["train", "--epoks", "3"], "nin train: error: unrecognized arguments: --epoks 3 (see nin train --help)"),
+    (["eval", "run", "--topk", "all"], "nin eval: error: argument --topk: invalid int value: 'all'"),
+    (["trian"], "nin: error: argument command: invalid choice: 'trian'"),
+    ([], "nin: error: the following arguments are required: command (see nin --help)"),
+    (["eval"], "nin eval: error: the following arguments are required: RUN_DIR_OR_CHECKPOINT"),
+], ids=["wrong-type", "unknown-flag", "eval-wrong-type", "unknown-command", "no-command", "missing-argument"])
+def test_a_command_line_the_parser_refuses_is_one_line_with_exit_code_2(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_:
-        main(["train", "--epochs", "ten"])
+        main(argv)
     err = capsys.readouterr().err
     assert exit_.value.code == 2
-    assert "argument --epochs: invalid int value: 'ten'" in err and "Traceback" not in err
+    assert err.startswith(message.split(" (see")[0]) and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_every_train_option_says_what_it_does_and_its_default_or_choices(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    options = capsys.readouterr().out.split("options:")[1]
+    entries = [e for e in options.split("\n  --")[1:]]  # one entry per option, its help wrapped under it
+    assert len(entries) > 40
+    for entry in entries:
+        text = " ".join(entry.split())
+        assert "default:" in text or "{" in text or text.startswith("resume"), entry
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "recipe file {path} not found"),
+    (b"epochs = 3 # caf\xe9\n", "recipe file {path} is not UTF-8 text"),
+], ids=["missing", "not-utf8"])
+def test_a_recipe_file_that_cannot_be_read_is_one_line(tmp_path, capsys, content, message):
+    path = tmp_path / "mine.toml"
+    if content is not None:
+        path.write_bytes(content)
+    code, _, err = run_cli(["train", "--recipe", path, *FAST], capsys)
+    assert_one_line_error(code, err, message.format(path=path))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
@@ -219,13 +255,21 @@ def make_folder(root, train: dict[str, int], test: dict[str, int]):
     ({"a": 4, "b": 4}, {}, "no class folders in"),  # the test split is missing
     ({"a": 4, "b": 4}, {"a": 2, "c": 2}, "differ from the training split's"),
     ({"a": 1, "b": 1}, {"a": 1, "b": 1}, "2 training images are fewer than one batch of 4"),
+    ({"a": 4, "b": 4, "c": 0}, {"a": 2, "b": 2, "c": 2}, "c holds no images: a class needs training images"),
 ], ids=["empty", "class-folders-without-images", "one-class", "no-test-split", "other-test-classes",
-        "fewer-than-a-batch"])
+        "fewer-than-a-batch", "a-class-without-images"])
 def test_a_folder_that_cannot_be_trained_on_is_one_line(tmp_path, capsys, train, test, message):
     root = make_folder(tmp_path / "data", train, test)
     (root / "train").mkdir(exist_ok=True)
     code, _, err = run_cli(["train", "--dataset", "folder", "--root", root, *FAST, "--out", tmp_path / "run"], capsys)
     assert_one_line_error(code, err, message)
+
+
+def test_a_class_without_test_images_is_null_in_the_json_not_nan(tiny_run, tmp_path, capsys):
+    root = make_folder(tmp_path / "data", {}, {"blue": 2, "green": 2, "red": 0})
+    code, out, _ = run_cli(["eval", tiny_run, "--root", root, "--json", "--device", "cpu"], capsys)
+    assert code == 0 and "NaN" not in out
+    assert json.loads(out)["per_class"]["red"] is None
 
 
 def test_a_corrupt_image_among_the_training_images_is_named(tmp_path, capsys):
@@ -247,3 +291,27 @@ def test_resuming_after_the_data_gained_a_class_is_one_line(tmp_path, capsys):
     code, _, err = run_cli(["train", "--resume", run, "--epochs", "2"], capsys)
 
     assert_one_line_error(code, err, "the checkpoint does not fit this run's model or optimizer")
+
+
+def test_resuming_a_longer_run_with_fewer_epochs_is_refused(tmp_path, capsys):
+    run = train_tiny_run(tmp_path, epochs=2)
+    code, _, err = run_cli(["train", "--resume", run, "--epochs", "1"], capsys)
+    assert_one_line_error(code, err, "has trained 2 epochs already: --epochs must be 2 or more, got 1")
+    assert '"epochs": 2' in (run / "config.json").read_text()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda state: state.pop("normalization"), "is an incomplete nin checkpoint: it lacks normalization"),
+    (lambda state: state.update(classes=state["classes"][:2]), "inconsistent: 2 class names for a model with 3"),
+], ids=["a-missing-key", "fewer-class-names-than-outputs"])
+@pytest.mark.parametrize("command", ["eval", "export", "resume"])
+def test_a_checkpoint_with_the_right_marker_but_damaged_contents_is_one_line(tiny_run, tmp_path, capsys, damage,
+                                                                              message, command):
+    state = torch.load(tiny_run / "checkpoint.pt", weights_only=True)
+    damage(state)
+    path = tmp_path / "damaged.pt"
+    torch.save(state, path)
+    argv = {"eval": ["eval", path], "export": ["export", path, "--out", tmp_path / "m"],
+            "resume": ["train", "--resume", path]}[command]
+    code, _, err = run_cli(argv, capsys)
+    assert_one_line_error(code, err, message)

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import nin.train
-from nin.checkpoint import FORMAT, VERSION, atomic_save, load_checkpoint, resolve_checkpoint
+import nin.rundir
+from nin.checkpoint import FORMAT, KEYS, VERSION, atomic_save, load_checkpoint, resolve_checkpoint
 from nin.errors import NinError
+from nin.rundir import RunFolder
 from nin.train import fit, resume_config
 from run_checks import (EPOCHS, assert_same_run, metrics_rows, quiet, signal_and_collect, small_config,
                         train_straight)
@@ -29,12 +30,12 @@ KILL_DELAYS = (0.0, 0.03, 0.07, 0.15, 0.26, 0.4)  # seconds after the writer is 
 
 WRITER = """
 import sys, torch
-from nin.checkpoint import FORMAT, VERSION, atomic_save
+from nin.checkpoint import FORMAT, KEYS, VERSION, atomic_save
 path, iteration = sys.argv[1], int(sys.argv[2])
 print("ready", flush=True)
 while True:
-    atomic_save({"format": FORMAT, "version": VERSION, "iteration": iteration,
-                 "values": torch.full((%d,), iteration, dtype=torch.int64)}, path)
+    atomic_save({**dict.fromkeys(KEYS, 0), "model_kwargs": {}, "classes": [], "format": FORMAT, "version": VERSION,
+                 "iteration": iteration, "values": torch.full((%d,), iteration, dtype=torch.int64)}, path)
     print(iteration, flush=True)
     iteration += 1
 """ % VALUES
@@ -47,7 +48,8 @@ def leftover_temporaries(folder: Path) -> list[str]:
 def test_sigkill_while_saving_never_leaves_a_torn_checkpoint(tmp_path):
     """A writer saves a 32 MB checkpoint onto the same path in a loop; SIGKILL hits it at six moments."""
     path = tmp_path / "checkpoint.pt"
-    atomic_save({"format": FORMAT, "version": VERSION, "iteration": -1, "values": torch.full((VALUES,), -1)}, path)
+    atomic_save({**dict.fromkeys(KEYS, 0), "model_kwargs": {}, "classes": [], "format": FORMAT, "version": VERSION,
+                 "iteration": -1, "values": torch.full((VALUES,), -1)}, path)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
     last = -1
     for kill, delay in enumerate(KILL_DELAYS):
@@ -119,7 +121,7 @@ def test_a_full_disk_before_the_first_checkpoint_promises_no_resume(tmp_path, mo
         with pytest.raises(NinError, match="No space left on device") as error:
             fit(small_config(run, epochs=1), log=quiet)
 
-    assert not (run / "checkpoint.pt").exists() and leftover_temporaries(run) == []
+    assert not run.exists()  # the folder it made for a run that never started is gone, temporaries included
     assert "--resume" not in str(error.value) and "intact" not in str(error.value)
 
     fit(small_config(run, epochs=1), log=quiet)  # the same command works once there is space
@@ -144,14 +146,14 @@ def crash_while_writing_the_checkpoint(patch: pytest.MonkeyPatch, epoch: int) ->
 
 
 def crash_before_the_metrics_row(patch: pytest.MonkeyPatch, epoch: int) -> None:
-    real_append = nin.train._append_metrics
+    real_append = RunFolder.append_metrics
 
-    def append(run_dir, row):
+    def append(folder, row):
         if int(row["epoch"]) == epoch:
             raise Crash
-        real_append(run_dir, row)
+        real_append(folder, row)
 
-    patch.setattr(nin.train, "_append_metrics", append)
+    patch.setattr(RunFolder, "append_metrics", append)
 
 
 @pytest.mark.parametrize("crash", [crash_while_writing_the_checkpoint, crash_before_the_metrics_row],
@@ -203,7 +205,7 @@ def test_a_full_disk_while_appending_to_metrics_csv_is_a_clear_error_and_resumes
 
     run = tmp_path / "run"
     with monkeypatch.context() as patch:
-        patch.setattr(nin.train, "open", open_metrics, raising=False)
+        patch.setattr(nin.rundir, "open", open_metrics, raising=False)
         with pytest.raises(NinError, match=rf"No space left on device.*--resume {run}"):
             fit(small_config(run), log=quiet)
 

@@ -99,3 +99,12 @@ def test_the_console_script_prints_no_traceback(tmp_path):
                           capture_output=True, text=True, env=env)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and done.stderr.startswith("nin: error: no checkpoint")
+
+
+@pytest.mark.parametrize("argv", [["recipes"], ["models"]])
+def test_a_reader_that_leaves_early_stops_the_command_quietly(argv):
+    """`nin recipes | head -1`: no BrokenPipeError traceback, the exit status of a Unix tool (128 + SIGPIPE)."""
+    command = subprocess.Popen([sys.executable, "-m", "nin", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    command.stdout.close()  # before it writes anything
+    assert command.wait(timeout=120) == 141
+    assert command.stderr.read() == b""

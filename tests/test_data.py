@@ -579,3 +579,14 @@ def test_loader_shards_are_disjoint_halves():
         assert len(first) == len(second) == 6
         assert not set(first) & set(second) and set(first) | set(second) == set(range(12))
     assert rank_labels(0, train=False) == [0, 2, 4, 6, 8, 10]
+
+
+def test_a_built_in_data_set_is_resized_and_recoloured_when_asked(fashion_mnist_root):
+    own = load_dataset("fashion-mnist", fashion_mnist_root, "test")
+    bigger = load_dataset("fashion-mnist", fashion_mnist_root, "test", image_size=32, channels=3)
+    assert own.images.shape == (10_000, 1, 28, 28) and bigger.images.shape == (10_000, 3, 32, 32)
+    assert torch.equal(bigger.images[:, 0], bigger.images[:, 2]) and torch.equal(bigger.labels, own.labels)
+    mean_difference = (bigger.images[:, :1].float().mean() - own.images.float().mean()).abs()
+    assert mean_difference < 1.0  # the same pictures, only resampled
+    same = load_dataset("fashion-mnist", fashion_mnist_root, "test", image_size=28, channels=1)
+    assert torch.equal(same.images, own.images)

@@ -96,6 +96,20 @@ def test_the_command_reports_divergence_in_one_line_with_exit_code_2(tmp_path, c
     assert str(tmp_path / "run" / "checkpoint.pt") in err
 
 
+def test_a_loss_that_explodes_but_stays_finite_is_a_divergence_too(tmp_path, monkeypatch, fashion_mnist_root):
+    """A loss of 1e5 per image (BatchNorm can keep the weights finite at lr 1e6) is not a result."""
+    original = Run.step
+
+    def exploding_step(self, images, labels):
+        loss, logits = original(self, images, labels)
+        return torch.full_like(loss, 1e5), logits
+
+    monkeypatch.setattr(Run, "step", exploding_step)
+    with pytest.raises(NinError, match=r"the loss exploded by step 8 \(epoch 1, lr .*\); the last good checkpoint"):
+        fit(small_config(tmp_path / "run"), log=Log())
+    assert load_checkpoint(tmp_path / "run")["step"] == 0
+
+
 def test_rollback_survives_a_real_divergence_at_a_tenth_of_the_lr(tmp_path, fashion_mnist_root):
     run, log = tmp_path / "run", Log()
 

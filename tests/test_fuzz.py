@@ -145,6 +145,8 @@ def checkpoint() -> bytes:
     weight = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
     torch.save({"format": FORMAT, "version": VERSION, "model_name": "nin_mnist", "epoch": 1, "step": 4,
                 "model": {"weight": weight, "bias": torch.zeros(4)}, "classes": ["a", "b"],
+                "model_kwargs": {"num_classes": 2}, "optimizer": {}, "state": {}, "rng": {}, "config": {},
+                "input": {"size": 28, "channels": 1, "dataset": "folder"},
                 "normalization": {"mean": [0.5], "std": [0.25]}}, stream)
     return stream.getvalue()
 

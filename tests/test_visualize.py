@@ -119,6 +119,15 @@ def test_plot_draws_the_learning_curves_of_a_run(run, tmp_path, capsys):
     check_png(tmp_path / "deep" / "c.png", min_width=1000)
 
 
+def test_plot_names_the_file_it_writes_and_refuses_formats_it_cannot(run, tmp_path, capsys):
+    assert main(["plot", str(run), "--out", str(tmp_path / "curves")]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'curves.png'}"
+    check_png(tmp_path / "curves.png", min_width=1000)
+    assert main(["plot", str(run), "--out", str(tmp_path / "curves.xyz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nin: error: cannot write a plot as .xyz: use .png, .pdf, .svg") and err.count("\n") == 1
+
+
 @pytest.mark.parametrize("content,message", [
     (None, "no metrics.csv at"),
     ("", "is empty: the run has not finished an epoch yet"),

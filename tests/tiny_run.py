@@ -27,11 +27,12 @@ def write_folder_dataset(root: Path, train_per_class: int = 4, test_per_class: i
 
 def train_tiny_run(base: Path, model: str = "nin_mnist_bn", **settings) -> Path:
     """One epoch on the folder data set; returns the run folder (checkpoint.pt, metrics.csv, config.json).
-    ``settings``: other TrainConfig fields (e.g. ``preprocess="lcn"``)."""
+    ``settings``: other TrainConfig fields (e.g. ``preprocess="lcn"``, ``epochs=2``)."""
     data = write_folder_dataset(base / "data")
     run = base / "run"
-    config = TrainConfig(model=model, dataset="folder", root=str(data), image_size=16, epochs=1, batch_size=4,
-                         eval_batch_size=8, device="cpu", progress=False, out=str(run), seed=0, **settings)
+    fields = dict(model=model, dataset="folder", root=str(data), image_size=16, epochs=1, batch_size=4,
+                  eval_batch_size=8, device="cpu", progress=False, out=str(run), seed=0)
+    config = TrainConfig(**{**fields, **settings})
     with pytest.MonkeyPatch.context() as patch:  # module-scoped fixtures run before conftest's private cache
         patch.setenv("NIN_CACHE_DIR", str(base / "cache"))
         fit(config, log=lambda *_: None)

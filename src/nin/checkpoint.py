@@ -69,6 +69,10 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return path
 
 
+KEYS = ("model_name", "model_kwargs", "model", "optimizer", "epoch", "step", "state", "rng", "config", "classes",
+        "normalization", "input")  # what `nin train` writes besides format and version
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     path = resolve_checkpoint(path)
     try:
@@ -83,6 +87,15 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise NinError(f"{path} is not a nin checkpoint: its format version is {version!r}")
     if version > VERSION:
         raise NinError(f"{path} was written by a newer nin (format {state['version']}); upgrade nin")
+    missing = [key for key in KEYS if key not in state]
+    if missing:
+        raise NinError(f"{path} is an incomplete nin checkpoint: it lacks {', '.join(missing)}")
+    kwargs, classes = state["model_kwargs"], state["classes"]
+    if not isinstance(kwargs, dict) or not isinstance(classes, (list, tuple)):
+        raise NinError(f"{path} is a damaged nin checkpoint: its model arguments or class names are malformed")
+    if len(classes) != kwargs.get("num_classes", len(classes)):
+        raise NinError(f"{path} is inconsistent: {len(classes)} class names for a model with "
+                       f"{kwargs['num_classes']} outputs")
     return state
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import __version__
@@ -14,10 +15,18 @@ from .errors import NinError
 from .train import Interrupted
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: the run stopped cleanly and can be resumed
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a Unix tool returns when its reader (head, less) goes away
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line, with where to read more (argparse prints the whole usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nin", description="Network In Network: train, evaluate, predict.")
+    parser = Parser(prog="nin", description="Network In Network: train, evaluate, predict.")
     parser.add_argument("--version", action="version", version=f"nin {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -102,6 +111,8 @@ def get_parser() -> argparse.ArgumentParser:
     models.set_defaults(handler=cmd_models)
     recipes = commands.add_parser("recipes", help="list the shipped recipes")
     recipes.set_defaults(handler=cmd_recipes)
+    for sub in commands.choices.values():  # its errors name the command: "see nin train --help"
+        sub.set_defaults(command_parser=sub)
     return parser
 
 
@@ -121,7 +132,7 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from .inference import evaluate_trained, load_trained
-    from .evaluate import format_report
+    from .evaluate import format_report, metrics_json
     from .report import confused_pairs, format_pairs, require_matplotlib, write_report
     from .train import resolve_device
 
@@ -137,7 +148,7 @@ def cmd_eval(args) -> int:
         files = write_report(metrics, trained.classes, args.report)
         metrics["report"] = {name: str(path) for name, path in files.items()}
     if args.json:
-        print(json.dumps({k: v for k, v in metrics.items() if k != "confusion"}))
+        print(metrics_json(metrics))
         return 0
     print(format_report(metrics))
     print(format_pairs(metrics["confused_pairs"]))
@@ -242,9 +253,13 @@ def cmd_recipes(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_parser().parse_args(argv)
+    args, unknown = get_parser().parse_known_args(argv)
+    if unknown:
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # output still buffered meets a reader that left here, where it is handled
+        return code
     except Interrupted as error:
         print(f"nin: {error}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -254,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nin: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output left: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

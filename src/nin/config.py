@@ -20,54 +20,103 @@ from .errors import NinError
 
 @dataclass
 class TrainConfig:
+    """Every setting of a run; ``HELP`` says what each one means (it is also the flag's help)."""
     recipe: str = ""
     description: str = ""
-    paper: str = ""  # the row of the paper a recipe reproduces, e.g. "Table 1: CIFAR-10, dropout"
-    paper_error: float = 0.0  # that row's test error in percent
-    target_error: float = 0.0  # best-known recipes: the best public NIN test error (percent) they aim to beat
+    paper: str = ""
+    paper_error: float = 0.0
+    target_error: float = 0.0
     # model
     model: str = "nin_mnist_bn"
-    dropout: float | None = None  # None: the paper's 0.5 without BatchNorm, 0.3 with it (nin.defaults)
-    init: str = "kaiming"  # kaiming (robust) | gaussian (the authors' std 0.05) | torch (PyTorch's defaults)
-    data_init: bool = True  # without BatchNorm: fit each layer's scale to a batch of training images (LSUV)
+    dropout: float | None = None
+    init: str = "kaiming"
+    data_init: bool = True
     head: str = "gap"
     relu_before_gap: bool = True
-    pools: list[str] = field(default_factory=list)  # per stage but the last; empty: the variant's
+    pools: list[str] = field(default_factory=list)
     # data
     dataset: str = "fashion-mnist"
-    root: str = ""  # empty: the default location (Debian's Fashion-MNIST, else ./data)
-    train_split: str = "train"  # the split(s) trained on; "train+extra" joins SVHN's two training splits
-    eval_split: str = "test"  # test | val: hold out the paper's validation images and evaluate on them (tuning)
-    image_size: int = 0  # 0: the data set's own size (folder data sets are resized to it)
-    channels: int = 0  # 0: the data set's own channel count
-    train_subset: int = 0  # >0: train on N training images (a fixed draw spread over the split)
-    test_subset: int = 0  # >0: evaluate on N test images (a fixed draw spread over the split)
-    translate: int = 2  # random translation by up to this many pixels (0: none)
-    flip: str = "auto"  # auto (when the data set allows it) | yes | no
-    preprocess: str = "standardize"  # standardize (per-channel mean/std) | gcn_zca (CIFAR, the paper) | lcn (SVHN)
+    root: str = ""
+    train_split: str = "train"
+    eval_split: str = "test"
+    image_size: int = 0
+    channels: int = 0
+    train_subset: int = 0
+    test_subset: int = 0
+    translate: int = 2
+    flip: str = "auto"
+    preprocess: str = "standardize"
     # optimisation
-    epochs: int | None = None  # None: a length that follows from the training set's size (nin.defaults)
-    batch_size: int | None = None  # None: 128, or smaller when the run would have few steps (nin.defaults)
+    epochs: int | None = None
+    batch_size: int | None = None
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
     warmup_epochs: float = 1.0
-    schedule: str = "cosine"  # cosine | linear | step | constant
-    step_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions, for "step"
-    grad_clip: float | None = None  # clip the gradient norm at this; 0: off; None: nin.defaults decides
-    on_nan: str = "stop"  # stop | rollback (reload the last checkpoint, continue at a tenth of the lr)
+    schedule: str = "cosine"
+    step_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    grad_clip: float | None = None
+    on_nan: str = "stop"
     # running
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"
     channels_last: bool = True
     compile: bool = False
-    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
+    amp: str = "auto"
     eval_batch_size: int = 1024
-    out: str = ""  # run folder; empty: runs/<recipe or dataset>-<time>
+    out: str = ""
     progress: bool = True
-    tensorboard: bool = True  # TensorBoard scalars in RUN_DIR/tensorboard when tensorboard is installed
+    tensorboard: bool = True
+
+
+HELP: dict[str, str] = {
+    "recipe": "a shipped recipe (nin recipes) or a .toml file; flags given beside it override its fields",
+    "description": "a line saying what the run is for (recipes)",
+    "paper": "the row of the paper a recipe reproduces, e.g. 'Table 1: CIFAR-10, dropout'",
+    "paper_error": "that row's test error in percent",
+    "target_error": "best-known recipes: the best public NIN test error (percent) they aim to beat",
+    "model": "the network (nin models lists them)",
+    "dropout": "dropout after the mlpconv stages (default: the paper's 0.5 without BatchNorm, 0.3 with it)",
+    "init": "kaiming (robust) | gaussian (the authors' std 0.05) | torch (PyTorch's defaults)",
+    "data_init": "without BatchNorm: fit each layer's scale to a batch of training images (LSUV)",
+    "head": "gap (global average pooling, the paper) | fc | fc_dropout (Table 5's alternatives)",
+    "relu_before_gap": "a ReLU on the category maps before global average pooling (the paper's network)",
+    "pools": "pooling per stage but the last: max | avg | none (empty: the variant's)",
+    "dataset": "fashion-mnist | mnist | cifar10 | cifar100 | svhn | folder (ROOT/train/CLASS/*.png, ROOT/test/...)",
+    "root": "where the data set lies (empty: Debian's Fashion-MNIST, else ./data)",
+    "train_split": "the split(s) trained on; train+extra joins SVHN's two training splits",
+    "eval_split": "test | val: hold out the paper's validation images and evaluate on them (for tuning)",
+    "image_size": "resize images to this many pixels square (0: the data set's own size)",
+    "channels": "image-folder data: 1 (grey) or 3 (colour) (0: the data set's own)",
+    "train_subset": "train on N training images, a fixed draw spread over the split (0: all)",
+    "test_subset": "evaluate on N test images, a fixed draw spread over the split (0: all)",
+    "translate": "random translation by up to this many pixels (0: none)",
+    "flip": "random horizontal flips: auto (when the data set allows them) | yes | no",
+    "preprocess": "standardize (per-channel mean/std) | gcn_zca (CIFAR, the paper) | lcn (SVHN)",
+    "epochs": "passes over the training images (default: follows from the data's size: about 1500 x sqrt(images) seen)",
+    "batch_size": "images per step (default: 128, or 64 or 32 when the run would have fewer than 300 steps)",
+    "lr": "the peak learning rate of SGD",
+    "momentum": "SGD momentum",
+    "nesterov": "Nesterov momentum",
+    "weight_decay": "L2 weight decay",
+    "label_smoothing": "label smoothing of the cross-entropy (0: none)",
+    "warmup_epochs": "linear warm-up from lr/10, in epochs (at most a quarter of the run)",
+    "schedule": "the learning rate after the warm-up: cosine | linear | step | constant",
+    "step_milestones": "the step schedule: fractions of the run where the lr drops tenfold",
+    "grad_clip": "clip the gradient norm at this, 0: off (default: 1 without BatchNorm, off with it)",
+    "on_nan": "stop | rollback (reload the last checkpoint, continue at a tenth of the lr)",
+    "seed": "the seed of the initialisation, the data order and the augmentation",
+    "device": "auto | cpu | cuda | cuda:N",
+    "channels_last": "channels-last memory layout (faster convolutions on most hardware)",
+    "compile": "torch.compile the model",
+    "amp": "auto (bf16 on CUDA) | bf16 | off",
+    "eval_batch_size": "images per evaluation batch",
+    "out": "the run folder (empty: runs/RECIPE-OR-DATASET-TIME)",
+    "progress": "a progress bar per epoch (only when the output is a terminal)",
+    "tensorboard": "TensorBoard scalars in RUN_DIR/tensorboard when tensorboard is installed",
+}
 
 
 SCHEDULES = ("cosine", "linear", "step", "constant")
@@ -76,6 +125,9 @@ AMPS = ("auto", "bf16", "off")
 ON_NAN = ("stop", "rollback")
 PREPROCESS_KINDS = ("standardize", "gcn_zca", "lcn")  # nin.data.preprocess.KINDS
 EVAL_SPLITS = ("test", "val")
+CHOICES = {"schedule": SCHEDULES, "flip": FLIPS, "amp": AMPS, "on_nan": ON_NAN, "preprocess": PREPROCESS_KINDS,
+           "eval_split": EVAL_SPLITS}
+METAVARS = {int: "N", float: "X", str: "TEXT"}
 _POSITIVE = ("epochs", "batch_size", "lr", "eval_batch_size")
 _NON_NEGATIVE = ("paper_error", "target_error", "momentum", "weight_decay", "label_smoothing", "warmup_epochs",
                  "dropout", "grad_clip", "translate", "train_subset", "test_subset", "image_size", "channels", "seed")
@@ -108,12 +160,14 @@ def validate(config: TrainConfig) -> TrainConfig:
             continue
         if not value >= 0 or (isinstance(value, float) and not math.isfinite(value)):
             raise NinError(f"{name.replace('_', '-')} must be zero or more, got {value}")
-    for name, choices in (("schedule", SCHEDULES), ("flip", FLIPS), ("amp", AMPS), ("on_nan", ON_NAN),
-                          ("preprocess", PREPROCESS_KINDS), ("eval_split", EVAL_SPLITS)):
+    for name, choices in CHOICES.items():
         if getattr(config, name) not in choices:
             raise NinError(f"{name} must be one of {', '.join(choices)}, got {getattr(config, name)!r}")
-    if config.dropout is not None and config.dropout >= 1:
-        raise NinError(f"dropout must be below 1, got {config.dropout}")
+    for name in ("dropout", "label_smoothing"):
+        if getattr(config, name) is not None and getattr(config, name) >= 1:
+            raise NinError(f"{name.replace('_', '-')} must be below 1, got {getattr(config, name)}")
+    if config.channels not in (0, 1, 3):
+        raise NinError(f"channels must be 1 (grey) or 3 (colour), got {config.channels}")
     return config
 
 
@@ -143,6 +197,15 @@ def from_dict(values: dict, base: TrainConfig | None = None, source: str = "reci
     return dataclasses.replace(base or TrainConfig(), **checked)
 
 
+def _read_recipe_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise NinError(f"recipe file {path} is not UTF-8 text (TOML files are)") from None
+    except OSError as error:
+        raise NinError(f"recipe file {path} cannot be read ({error.strerror or error})") from None
+
+
 def list_recipes() -> list[str]:
     folder = resources.files("nin") / "recipes"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
@@ -152,7 +215,9 @@ def load_recipe(name_or_path: str) -> TrainConfig:
     """A shipped recipe by name, or a TOML file by path."""
     path = Path(name_or_path)
     if path.suffix == ".toml" and path.is_file():
-        text, name = path.read_text(), path.stem
+        text, name = _read_recipe_file(path), path.stem
+    elif path.suffix == ".toml":
+        raise NinError(f"recipe file {path} not found")
     elif name_or_path in list_recipes():
         text, name = (resources.files("nin") / "recipes" / f"{name_or_path}.toml").read_text(), name_or_path
     else:
@@ -166,17 +231,24 @@ def load_recipe(name_or_path: str) -> TrainConfig:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per field, default None so that only the flags given override the recipe."""
+    """One flag per field, default None so that only the flags given override the recipe; its help is
+    HELP's line and the field's default."""
+    defaults = dataclasses.asdict(TrainConfig())
     for name, kind in field_types().items():
         flag = "--" + name.replace("_", "-")
+        default = defaults[name]
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        help_text = HELP[name] if default is None else f"{HELP[name]} (default: {shown if shown != '' else 'none'})"
+        help_text = help_text.replace("%", "%%")  # argparse formats help with %
         if kind is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(kind) is list:
             (item,) = typing.get_args(kind)
-            parser.add_argument(flag, dest=name, type=_list_parser(item), default=None,
-                                metavar="A,B", help="comma-separated")
+            parser.add_argument(flag, dest=name, type=_list_parser(item), default=None, metavar="A,B",
+                                help=f"comma-separated: {help_text}")
         else:
-            parser.add_argument(flag, dest=name, type=kind, default=None)
+            metavar = "{" + ",".join(CHOICES[name]) + "}" if name in CHOICES else METAVARS[kind]
+            parser.add_argument(flag, dest=name, type=kind, default=None, metavar=metavar, help=help_text)
 
 
 def _list_parser(item: type):

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 from typing import Sequence
 
 import torch
@@ -81,3 +83,19 @@ def format_report(metrics: dict) -> str:
     for name, accuracy in metrics["per_class"].items():
         lines.append(f"  {name:<{width}}  {100 * accuracy:6.2f}%")
     return "\n".join(lines)
+
+
+def metrics_json(metrics: dict, indent: int | None = None) -> str:
+    """The metrics (but the confusion matrix) as JSON; a number that is not one (the accuracy of a class
+    without test images) is null, as JSON has no NaN."""
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite({k: v for k, v in metrics.items() if k != "confusion"}), indent=indent,
+                      allow_nan=False)

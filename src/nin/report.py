@@ -10,7 +10,6 @@ without touching pyplot's global state.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .errors import NinError
+from .evaluate import metrics_json
 
 FILES = ("confusion.csv", "confusion.png", "per_class.csv", "per_class.png", "confused_pairs.csv", "metrics.json")
 
@@ -93,8 +93,7 @@ def write_report(metrics: dict, classes: list[str], out_dir: str | os.PathLike) 
         pairs = confused_pairs(matrix, classes)
         _write_csv(paths["confused_pairs.csv"], ["rank", "true", "predicted", "count", "share"],
                    ([rank, *pair.values()] for rank, pair in enumerate(pairs, start=1)))
-        summary = {k: v for k, v in metrics.items() if k != "confusion"}
-        paths["metrics.json"].write_text(json.dumps(summary, indent=2) + "\n")
+        paths["metrics.json"].write_text(metrics_json(metrics, indent=2) + "\n")
         plot_confusion(matrix, classes, paths["confusion.png"], _title(metrics))
         plot_per_class(rows, paths["per_class.png"], _title(metrics))
     except OSError as error:

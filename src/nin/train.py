@@ -7,11 +7,10 @@ only on (seed, epoch) and the checkpoint holds the RNG states, so the weights co
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import math
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -32,9 +31,9 @@ from .defaults import resolve_for_data, resolve_for_model
 from .models import create_model, default_cfg, fit_init_to_data, variant_has_batch_norm
 from .distributed import (World, all_reduce_sum, any_process, broadcast_from_main, close_world, device_for,
                           init_world, local_batch_size, wrap)
+from .rundir import RunFolder
 from .tblog import TensorBoardLog
 
-METRIC_FIELDS = ["epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -76,6 +75,8 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
     model_cfg = default_cfg(config.model)
     size = config.image_size or (info.size if config.dataset != "folder" else model_cfg.input_size)
     channels = config.channels or info.channels
+    if config.translate >= size:
+        raise NinError(f"--translate {config.translate} shifts images of {size} pixels out of view: use less than {size}")
     root = config.root or None
     parts = {split: load_dataset(config.dataset, root, split, image_size=size, channels=channels)
              for split in config.train_split.split("+")}
@@ -191,21 +192,27 @@ class NonFiniteLoss(Exception):
 
 
 MAX_ROLLBACKS = 3
+EXPLODED_LOSS = 100  # an epoch's mean loss above this many times chance (ln classes) counts as a divergence
 
 
 def fit(config: TrainConfig, *, resume: str | None = None, log=print) -> dict:
     """Train (or resume) a run; returns the final test metrics with ``run_dir`` added.
 
     SIGINT/SIGTERM finish the current step, write a checkpoint and raise ``Interrupted``."""
+    config = validate(config)
     world = init_world(config.device)
+    folder = None
     try:
-        run = Run(validate(config), resume, log if world.is_main else _silent, world)
+        folder = _claim_run_folder(config, resume, world)
+        run = Run(config, resume, log if world.is_main else _silent, world, folder)
         try:
             with StopSignals() as stop:
                 metrics = run.train(stop)
         finally:
             run.tensorboard.close()
     finally:
+        if folder is not None:
+            folder.release()
         close_world(world)
     run.log(format_report(metrics))
     run.log(f"run folder: {run.run_dir}")
@@ -215,11 +222,11 @@ def fit(config: TrainConfig, *, resume: str | None = None, log=print) -> dict:
 class Run:
     """One training run: its data, model, optimizer and state, and the folder it writes."""
 
-    def __init__(self, config: TrainConfig, resume: str | None, log, world: World = World()):
+    def __init__(self, config: TrainConfig, resume: str | None, log, world: World, folder: RunFolder):
         resumed = ckpt.load_checkpoint(resume) if resume else None
-        self.config, self.log, self.world = config, log, world
+        self.config, self.log, self.world, self.folder = config, log, world, folder  # written by rank 0 only
         self.device = device_for(world, resolve_device(config.device))
-        self.run_dir = _shared_run_folder(config, resume, world)
+        self.run_dir = folder.path
         torch.manual_seed(config.seed)
         self.data = prepare_data(config, self.device, world, resumed["normalization"] if resumed else None, log)
         plain = not variant_has_batch_norm(config.model)
@@ -241,12 +248,12 @@ class Run:
         self.amp = config.amp == "bf16" or (config.amp == "auto" and self.device.type == "cuda")
         self.total_steps = config.epochs * len(self.data.train)
         if world.is_main:
-            _write_config(self.run_dir, config)
-        self.tensorboard = TensorBoardLog(self.run_dir / "tensorboard", enabled=config.tensorboard and world.is_main)
+            folder.write_config(config)
+        self.tensorboard = TensorBoardLog(folder.path / "tensorboard", enabled=config.tensorboard and world.is_main)
         if resumed is not None:
             self.restore(resumed)
             if world.is_main:
-                _truncate_metrics(self.run_dir, self.state.epoch)
+                folder.truncate_metrics(self.state.epoch)
         else:
             self.save()  # step 0: a last good checkpoint exists from the start
 
@@ -282,8 +289,9 @@ class Run:
         loss_sum = torch.tensor(state.loss_sum, device=self.device)
         correct = torch.tensor(state.correct, device=self.device)
         started = time.perf_counter() - state.seconds
+        show_bar = config.progress and sys.stderr.isatty()  # a log file gets the epoch lines only
         bar = tqdm(loader.batches(start=state.batch), desc=f"epoch {state.epoch + 1}", leave=False,
-                   disable=not config.progress, dynamic_ncols=True, initial=state.batch, total=len(loader))
+                   disable=not show_bar, dynamic_ncols=True, initial=state.batch, total=len(loader))
         with bar:
             self.run_batches(bar, loss_sum, correct, stop)
         state.loss_sum, state.correct = float(loss_sum), int(correct)
@@ -329,16 +337,23 @@ class Run:
                                 f" lr {lr:.4g})")
 
     def check_weights(self) -> None:
-        """Raise NonFiniteLoss when the epoch's loss or any weight is not finite (checked before saving)."""
-        finite = math.isfinite(self.state.loss_sum) and all(
+        """Raise NonFiniteLoss when the epoch's loss or any weight is not finite, or the loss exploded
+        (checked before saving: a poisoned model never replaces the last good checkpoint)."""
+        state = self.state
+        finite = math.isfinite(state.loss_sum) and all(
             bool(torch.isfinite(t).all()) for t in self.model.state_dict().values() if t.is_floating_point())
-        if any_process(not finite, self.device):
-            raise NonFiniteLoss(f"the loss or the weights became non-finite by step {self.state.step} "
-                                f"(epoch {self.state.epoch + 1}, lr {self.optimizer.param_groups[0]['lr']:.4g})")
+        mean_loss = state.loss_sum / state.seen if state.seen else 0.0
+        exploded = finite and mean_loss > EXPLODED_LOSS * math.log(len(self.data.classes))
+        if any_process(not finite or exploded, self.device):
+            what = "exploded" if exploded else "or the weights became non-finite"
+            raise NonFiniteLoss(f"the loss {what} by step {state.step} (epoch {state.epoch + 1}, "
+                                f"lr {self.optimizer.param_groups[0]['lr']:.4g})")
 
     def end_epoch(self) -> dict:
         state = self.state
         metrics = evaluate(self.evaluator, self.data.test, self.data.classes, amp=self.amp)
+        if not math.isfinite(metrics["loss"]):  # finite weights can still overflow on the test images
+            raise NonFiniteLoss(f"the test loss became non-finite by step {state.step} (epoch {state.epoch + 1})")
         totals = all_reduce_sum(torch.tensor([state.loss_sum, state.correct, state.seen], dtype=torch.float64,
                                              device=self.device)).tolist()
         train_loss, train_acc = totals[0] / totals[2], totals[1] / totals[2]
@@ -348,7 +363,7 @@ class Run:
         self.state = dataclasses.replace(RunState(), epoch=state.epoch + 1, step=state.step,
                                          lr_scale=state.lr_scale, rollbacks=state.rollbacks)
         if self.world.is_main:  # the row first: a crash before the checkpoint only repeats this epoch
-            _append_metrics(self.run_dir, row)
+            self.folder.append_metrics(row)
         self.save()
         self.tensorboard.log_epoch(row, row["step"])
         self.log(f"epoch {row['epoch']}/{self.config.epochs}  loss {train_loss:.4f}  train {100 * train_acc:.2f}%  "
@@ -437,70 +452,20 @@ def _warn_if_stuck(train_loss: float, num_classes: int, epoch: int, config: Trai
             "global average pooling (--no-relu-before-gap).")
 
 
-def _run_folder(config: TrainConfig, resume: str | None) -> Path:
-    if resume:
-        path = Path(resume).expanduser()
-        return path if path.is_dir() else path.parent
-    if config.out:
-        run_dir = Path(config.out).expanduser()
-    else:
-        run_dir = Path("runs") / f"{config.recipe or config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if (run_dir / ckpt.CHECKPOINT_NAME).exists():
-        raise NinError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
-def _shared_run_folder(config: TrainConfig, resume: str | None, world: World) -> Path:
-    """Rank 0 picks (and checks) the run folder; every process learns it, or the same error."""
-    outcome = None
+def _claim_run_folder(config: TrainConfig, resume: str | None, world: World) -> RunFolder:
+    """Rank 0 claims (creates, locks, checks) the run folder; every process learns its path, or the same
+    error. The other ranks get it unclaimed: they write nothing."""
+    folder, outcome = None, None
     if world.is_main:
         try:
-            outcome = ("ok", str(_run_folder(config, resume)))
+            folder = RunFolder.claim(config.out, config.recipe or config.dataset, resume)
+            outcome = ("ok", str(folder.path))
         except NinError as error:
             outcome = ("error", str(error))
     kind, value = broadcast_from_main(outcome)
     if kind == "error":
         raise NinError(value)
-    return Path(value)
-
-
-def _write_config(run_dir: Path, config: TrainConfig) -> None:
-    text = json.dumps(dataclasses.asdict(config), indent=2) + "\n"
-    (run_dir / "config.json").write_text(text)
-
-
-def _truncate_metrics(run_dir: Path, epochs: int) -> None:
-    """Keep the rows of the checkpoint's epochs only: a row written just before a crash (its epoch is
-    trained again) or torn by one would otherwise appear twice or break the file."""
-    path = run_dir / "metrics.csv"
-    if path.exists():
-        with open(path, newline="") as stream:
-            rows = [row for row in csv.DictReader(stream) if _complete_row(row) and int(row["epoch"]) <= epochs]
-        path.unlink()
-        for row in rows:
-            _append_metrics(run_dir, row)
-
-
-def _complete_row(row: dict) -> bool:
-    try:
-        return all(row.get(name) not in (None, "") for name in METRIC_FIELDS) and int(row["epoch"]) > 0
-    except ValueError:
-        return False
-
-
-def _append_metrics(run_dir: Path, row: dict) -> None:
-    path = run_dir / "metrics.csv"
-    new = not path.exists()
-    try:
-        with open(path, "a", newline="") as stream:
-            writer = csv.DictWriter(stream, fieldnames=METRIC_FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    except OSError as error:
-        raise NinError(f"could not write {path} ({error.strerror or error}); the last checkpoint is intact: "
-                       f"free some space, then continue with --resume {run_dir}") from None
+    return folder or RunFolder(Path(value))
 
 
 RESUME_OVERRIDES = ("epochs", "device", "progress")
@@ -508,9 +473,13 @@ RESUME_OVERRIDES = ("epochs", "device", "progress")
 
 def resume_config(run: str, overrides: dict) -> TrainConfig:
     """The config a run was started with; only ``epochs``, ``device`` and ``progress`` may change."""
-    config = from_dict(ckpt.load_checkpoint(run)["config"], source="checkpoint config")
+    saved = ckpt.load_checkpoint(run)
+    config = from_dict(saved["config"], source="checkpoint config")
     refused = sorted(set(overrides) - set(RESUME_OVERRIDES))
     if refused:
         raise NinError(f"--resume continues a run with its own settings; only --epochs, --device and "
                        f"--progress may change, not --{refused[0].replace('_', '-')}")
+    if overrides.get("epochs", saved["epoch"]) < saved["epoch"]:
+        raise NinError(f"{run} has trained {saved['epoch']} epochs already: --epochs must be {saved['epoch']} "
+                       f"or more, got {overrides['epochs']}")
     return dataclasses.replace(config, **overrides)

@@ -15,7 +15,6 @@ with the Agg backend without touching pyplot's global state.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -27,10 +26,10 @@ import torch.nn.functional as F
 
 from .data import load_image
 from .errors import NinError
+from .rundir import read_metrics
 
 MAX_MAPS = 10
 PREDICTED_COLOUR, TRUE_COLOUR, CORRECT_COLOUR = "#d62728", "#1f77b4", "#2ca02c"  # red, blue, green
-METRIC_COLUMNS = ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
 
 
 def require_matplotlib(what: str) -> None:
@@ -259,42 +258,12 @@ def _figure(width: float, height: float):
 
 # --- learning curves ------------------------------------------------------------------------------------
 
-def read_metrics(run: str | os.PathLike) -> tuple[Path, list[dict]]:
-    """``metrics.csv`` of a run folder (or the CSV file itself) -> (its path, rows of floats)."""
-    path = Path(run).expanduser()
-    if path.is_dir():
-        path = path / "metrics.csv"
-    if not path.is_file():
-        raise NinError(f"no metrics.csv at {path}: expected a run folder written by `nin train`")
-    try:
-        with open(path, newline="") as stream:
-            reader = csv.DictReader(stream)
-            header = reader.fieldnames
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise NinError(f"{path} is not a readable metrics file ({error})") from None
-    if header is None:
-        raise NinError(f"{path} is empty: the run has not finished an epoch yet")
-    missing = [c for c in METRIC_COLUMNS if c not in header]
-    if missing:
-        raise NinError(f"{path} lacks the columns {', '.join(missing)}: expected {', '.join(METRIC_COLUMNS)}")
-    if not rows:
-        raise NinError(f"{path} has no rows: the run has not finished an epoch yet")
-    parsed = []
-    for number, row in enumerate(rows, start=2):
-        try:
-            parsed.append({c: float(row[c]) if row[c] not in ("", None) else math.nan for c in METRIC_COLUMNS})
-        except ValueError:
-            raise NinError(f"{path}, line {number}: a value is not a number: {row}") from None
-    return path, parsed
-
-
 def plot_curves(run: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Loss (train, test), accuracy (train, test) and learning rate against the epoch, from a run's
     ``metrics.csv``; written to ``out`` (default: ``curves.png`` beside the CSV). Returns the path."""
     require_matplotlib("nin plot")
     path, rows = read_metrics(run)
-    target = Path(out).expanduser() if out else path.parent / "curves.png"
+    target = _plot_path(Path(out).expanduser() if out else path.parent / "curves.png")
     config = _run_config(path.parent)
     epochs = [r["epoch"] for r in rows]
     marker = "o" if len(rows) <= 40 else None
@@ -343,6 +312,18 @@ def plot_curves(run: str | os.PathLike, out: str | os.PathLike | None = None) ->
         figure.savefig(target)
     except OSError as error:
         raise NinError(f"cannot write {target}: {error.strerror or error}") from None
+    return target
+
+
+PLOT_FORMATS = (".png", ".pdf", ".svg")
+
+
+def _plot_path(target: Path) -> Path:
+    """``target`` with .png added when it has no suffix; another format than PLOT_FORMATS is refused."""
+    if not target.suffix:
+        return target.with_name(target.name + ".png")
+    if target.suffix.lower() not in PLOT_FORMATS:
+        raise NinError(f"cannot write a plot as {target.suffix}: use {', '.join(PLOT_FORMATS)} (or no suffix: .png)")
     return target
 
 

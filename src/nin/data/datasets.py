@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..errors import NinError
 from . import readers
@@ -66,7 +67,8 @@ def dataset_info(name: str) -> Info:
 
 def load_dataset(name: str, root: str | os.PathLike | None, split: str, *, download: bool = False,
                  image_size: int | None = None, channels: int | None = None, cache: bool = True) -> Split:
-    """Load one split of a data set as tensors. ``image_size``/``channels`` apply to ``folder``."""
+    """Load one split of a data set as tensors, resized to ``image_size`` and converted to ``channels``
+    when they are given and differ from the data set's own."""
     info = dataset_info(name)
     if split not in info.splits:
         raise NinError(f"{info.title} has no split {split!r}: expected one of {', '.join(info.splits)}")
@@ -76,7 +78,24 @@ def load_dataset(name: str, root: str | os.PathLike | None, split: str, *, downl
     if download:
         _download(name, root_path, split)
     files = _source_files(name, root_path, split)
-    return _cached(files, (name, split), lambda: _parse(name, files), cache)
+    return _reshape(_cached(files, (name, split), lambda: _parse(name, files), cache), image_size, channels)
+
+
+def _reshape(split: Split, size: int | None, channels: int | None) -> Split:
+    """Images at another size (bilinear, antialiased, as PIL resizes folder images) or channel count
+    (grey -> RGB repeats the channel; RGB -> grey weighs it as PIL's "L" does)."""
+    images = split.images
+    if channels and channels != images.shape[1]:
+        if channels == 3:
+            images = images.expand(-1, 3, -1, -1)
+        else:
+            weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+            images = (images.float() * weights).sum(1, keepdim=True).round().to(torch.uint8)
+    if size and size != images.shape[-1]:
+        resized = torch.cat([F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True)
+                             .round().clamp(0, 255).to(torch.uint8) for chunk in images.split(4096)])
+        images = resized
+    return Split(images.contiguous(), split.labels, split.classes) if images is not split.images else split
 
 
 def _resolve_root(name: str, root) -> Path:
@@ -182,6 +201,10 @@ def _load_folder(root, split: str, size: int, channels: int, cache: bool) -> Spl
         raise NinError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the class folders of {split_dir}")
     if split == "train" and len({label for _, label in samples}) < 2:
         raise NinError(f"{split_dir} holds images of one class only ({classes[0]}): a classifier needs two or more")
+    empty = sorted(set(classes) - {classes[label] for _, label in samples})
+    if split == "train" and empty:
+        raise NinError(f"the class folder {split_dir / empty[0]} holds no images: a class needs training images "
+                       "(add some, or move the folder out)")
     files = [path for path, _ in samples]
     key = ("folder", split, size, channels, tuple(classes))
     return _cached(files, key, lambda: _decode_folder(samples, classes, size, channels), cache)

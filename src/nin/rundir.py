@@ -1,0 +1,177 @@
+"""The run folder: where one training run writes, owned by one process for the run's life.
+
+    RUN_DIR/config.json    the resolved config (what was used, defaults included)
+    RUN_DIR/metrics.csv    one row per epoch (METRIC_FIELDS)
+    RUN_DIR/checkpoint.pt  written atomically by the training loop (checkpoint.py)
+    RUN_DIR/.lock          held (flock) by the process that trains into the folder; holds its pid
+
+The lock is the kernel's: it goes away with the process that held it, so a folder left by a killed run
+is taken over by the next ``--resume`` without any cleaning up. A second process gets one line naming
+the holder. Every place the run will write is checked (created, locked) before any data is loaded.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+from . import checkpoint as ckpt
+from .errors import NinError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; a second process is not detected there
+    fcntl = None
+
+METRIC_FIELDS = ["epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
+LOCK_NAME = ".lock"
+
+
+class RunFolder:
+    """A run folder claimed by this process: ``RunFolder.claim(out, resume)``; released at exit."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.created = False  # this process made the folder: a run that fails before its first checkpoint removes it
+        self._lock_file = None
+
+    @classmethod
+    def claim(cls, out: str, default_name: str, resume: str | None) -> "RunFolder":
+        """The folder a run writes: ``resume``'s, else ``out``, else runs/DEFAULT_NAME-TIME; created,
+        locked, and (for a new run) checked to hold no run yet."""
+        if resume:
+            path = Path(resume).expanduser()
+            folder = cls(path if path.is_dir() else path.parent)
+        else:
+            path = Path(out).expanduser() if out else Path("runs") / f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            folder = cls(path)
+            folder._create()
+        folder._lock()
+        if not resume and (folder.path / ckpt.CHECKPOINT_NAME).exists():
+            folder.release()
+            raise NinError(f"{folder.path} already holds a run: continue it with --resume {folder.path}, "
+                           "or pick another --out")
+        return folder
+
+    def _create(self) -> None:
+        self.created = not self.path.exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise NinError(f"--out {self.path}: a file is in the way (a run folder is a directory)") from None
+        except OSError as error:
+            raise NinError(f"cannot create the run folder {self.path}: {_reason(error)}") from None
+
+    def _lock(self) -> None:
+        lock_path = self.path / LOCK_NAME
+        try:
+            stream = open(lock_path, "a+")
+        except OSError as error:
+            raise NinError(f"cannot write into the run folder {self.path}: {_reason(error)}") from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                stream.seek(0)
+                holder = stream.read().strip() or "another process"
+                stream.close()
+                raise NinError(f"{self.path} is in use by {holder}: wait for it to finish, or pick another "
+                               "--out") from None
+        stream.seek(0)
+        stream.truncate()
+        stream.write(f"process {os.getpid()} (nin train, started {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        stream.flush()
+        self._lock_file = stream
+
+    def release(self) -> None:
+        """Unlock; a folder this process created for a run that never wrote a checkpoint is removed."""
+        if self._lock_file is None:
+            return
+        if self.created and not self.checkpoint.exists():
+            shutil.rmtree(self.path, ignore_errors=True)
+        self._lock_file.close()  # closing the file drops the flock
+        self._lock_file = None
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / ckpt.CHECKPOINT_NAME
+
+    def write_config(self, config) -> None:
+        text = json.dumps(dataclasses.asdict(config), indent=2) + "\n"
+        self._write(self.path / "config.json", text)
+
+    def truncate_metrics(self, epochs: int) -> None:
+        """Keep the rows of the checkpoint's epochs only: a row written just before a crash (its epoch is
+        trained again) or torn by one would otherwise appear twice or break the file."""
+        path = self.path / "metrics.csv"
+        if path.exists():
+            with open(path, newline="") as stream:
+                rows = [row for row in csv.DictReader(stream) if _complete_row(row) and int(row["epoch"]) <= epochs]
+            path.unlink()
+            for row in rows:
+                self.append_metrics(row)
+
+    def append_metrics(self, row: dict) -> None:
+        path = self.path / "metrics.csv"
+        new = not path.exists()
+        try:
+            with open(path, "a", newline="") as stream:
+                writer = csv.DictWriter(stream, fieldnames=METRIC_FIELDS)
+                if new:
+                    writer.writeheader()
+                writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        except OSError as error:
+            raise NinError(f"could not write {path} ({_reason(error)}); the last checkpoint is intact: "
+                           f"free some space, then continue with --resume {self.path}") from None
+
+    def _write(self, path: Path, text: str) -> None:
+        try:
+            path.write_text(text)
+        except OSError as error:
+            raise NinError(f"could not write {path} ({_reason(error)})") from None
+
+
+def read_metrics(run: str | os.PathLike) -> tuple[Path, list[dict]]:
+    """``metrics.csv`` of a run folder (or the CSV file itself) -> (its path, rows of floats)."""
+    path = Path(run).expanduser()
+    if path.is_dir():
+        path = path / "metrics.csv"
+    if not path.is_file():
+        raise NinError(f"no metrics.csv at {path}: expected a run folder written by `nin train`")
+    try:
+        with open(path, newline="") as stream:
+            reader = csv.DictReader(stream)
+            header = reader.fieldnames
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise NinError(f"{path} is not a readable metrics file ({error})") from None
+    if header is None:
+        raise NinError(f"{path} is empty: the run has not finished an epoch yet")
+    missing = [c for c in METRIC_FIELDS if c not in header]
+    if missing:
+        raise NinError(f"{path} lacks the columns {', '.join(missing)}: expected {', '.join(METRIC_FIELDS)}")
+    if not rows:
+        raise NinError(f"{path} has no rows: the run has not finished an epoch yet")
+    parsed = []
+    for number, row in enumerate(rows, start=2):
+        try:
+            parsed.append({c: float(row[c]) if row[c] not in ("", None) else math.nan for c in METRIC_FIELDS})
+        except ValueError:
+            raise NinError(f"{path}, line {number}: a value is not a number: {row}") from None
+    return path, parsed
+
+
+def _complete_row(row: dict) -> bool:
+    try:
+        return all(row.get(name) not in (None, "") for name in METRIC_FIELDS) and int(row["epoch"]) > 0
+    except ValueError:
+        return False
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or str(error)
