@@ -315,3 +315,28 @@ def test_a_checkpoint_with_the_right_marker_but_damaged_contents_is_one_line(tin
             "resume": ["train", "--resume", path]}[command]
     code, _, err = run_cli(argv, capsys)
     assert_one_line_error(code, err, message)
+
+
+def test_images_too_large_for_the_memory_are_refused_before_they_are_decoded(tmp_path, capsys, folder_data):
+    code, _, err = run_cli(["train", "--dataset", "folder", "--root", folder_data, *FAST, "--image-size", "200000",
+                            "--out", tmp_path / "run"], capsys)
+    assert_one_line_error(code, err, "images of 3x200000x200000 pixels needs about")
+    assert "lower --image-size" in err
+
+
+def test_a_batch_too_large_for_the_memory_is_refused_before_training(tmp_path, capsys, folder_data):
+    code, _, err = run_cli(["train", "--dataset", "folder", "--root", folder_data, "--epochs", "1", *QUIET,
+                            "--batch-size", "4", "--image-size", "4096", "--model", "nin_cifar10",
+                            "--out", tmp_path / "run"], capsys)
+    assert_one_line_error(code, err, "training nin_cifar10 on batches of 4 images of 4096 pixels needs about")
+
+
+def test_a_100_megapixel_image_is_read_and_the_size_limit_is_one_line(tiny_run, tmp_path, capsys, monkeypatch):
+    huge = tmp_path / "huge.png"
+    Image.new("RGB", (12_000, 8_400), (200, 30, 30)).save(huge)  # 100.8 megapixels, above PIL's own default
+    code, out, _ = run_cli(["predict", tiny_run, huge, "--device", "cpu", "--topk", "1"], capsys)
+    assert code == 0 and out.startswith(f"{huge}: ")
+    monkeypatch.setenv("NIN_MAX_IMAGE_PIXELS", "50000000")
+    code, _, err = run_cli(["predict", tiny_run, huge, "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "has 12000x8400 pixels, more than the limit of 50,000,000: raise it with "
+                                     "NIN_MAX_IMAGE_PIXELS=100800000")

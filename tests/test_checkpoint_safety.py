@@ -6,6 +6,7 @@ nothing else claims to be the checkpoint, and that `--resume` ends where an unin
 from __future__ import annotations
 
 import errno
+import resource
 import os
 import select
 import signal
@@ -22,6 +23,7 @@ from nin.checkpoint import FORMAT, KEYS, VERSION, atomic_save, load_checkpoint, 
 from nin.errors import NinError
 from nin.rundir import RunFolder
 from nin.train import fit, resume_config
+from tiny_run import write_folder_dataset
 from run_checks import (EPOCHS, assert_same_run, metrics_rows, quiet, signal_and_collect, small_config,
                         train_straight)
 
@@ -214,3 +216,23 @@ def test_a_full_disk_while_appending_to_metrics_csv_is_a_clear_error_and_resumes
     rows = metrics_rows(run)
     assert all(value not in ("", None) for row in rows for value in row.values())  # no torn row survives
     assert_same_run(straight, run)
+
+
+def test_a_real_write_limit_on_the_first_checkpoint_is_one_line(tmp_path):
+    """The kernel refuses writes past 1 MB (RLIMIT_FSIZE, as a full disk refuses them): `nin train` says so in
+    one line, exit 2, with no torch traceback, and leaves no folder behind."""
+    data = write_folder_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    command = [sys.executable, "-m", "nin", "train", "--model", "nin_mnist_bn", "--dataset", "folder", "--root",
+               str(data), "--image-size", "16", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
+               "--no-progress", "--no-tensorboard", "--out", str(run)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size,
+                          env={**os.environ, "NIN_CACHE_DIR": str(tmp_path / "cache")})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"nin: error: could not write the first checkpoint {run / 'checkpoint.pt'} "
+                                  "(File too large)") and done.stderr.count("\n") == 1, done.stderr
+    assert not run.exists()

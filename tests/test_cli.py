@@ -11,6 +11,7 @@ from PIL import Image
 
 from nin.cli import main
 from nin.data import load_dataset
+from nin.inference import PREDICT_BATCH
 
 TINY_TRAIN = ["--train-subset", "512", "--test-subset", "500", "--epochs", "1", "--batch-size", "64",
               "--no-progress"]
@@ -53,6 +54,19 @@ def test_predict_converts_any_image_to_the_models_input(trained_run, tmp_path, c
     assert [len(r["top"]) for r in results] == [3, 3]
     probabilities = [t["probability"] for t in results[0]["top"]]
     assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1.0001
+
+
+def test_predict_works_through_many_files_a_batch_at_a_time_in_order(trained_run, tmp_path, capsys):
+    test = load_dataset("fashion-mnist", None, "test")
+    paths = []
+    for index in range(3):
+        paths.append(tmp_path / f"{index}.png")
+        Image.fromarray(test.images[index, 0].numpy()).save(paths[-1])
+    many = [paths[i % 3] for i in range(PREDICT_BATCH * 2 + 5)]  # three batches, the last one short
+    assert main(["predict", str(trained_run), *map(str, many), "--topk", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(many) and all(line.startswith(f"{path}: ") for line, path in zip(lines, many))
+    assert len({line for line in lines if line.startswith(str(paths[0]))}) == 1  # the same answer in every batch
 
 
 @pytest.mark.parametrize("argv,message", [

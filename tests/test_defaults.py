@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from nin.config import TrainConfig, list_recipes, load_recipe
-from nin.defaults import MAX_EPOCHS, MIN_STEPS, default_epochs, resolve_for_data, resolve_for_model
+from nin.defaults import (MAX_EPOCHS, MIN_STEPS, default_epochs, default_warmup_epochs, resolve_for_data,
+                          resolve_for_model)
 from nin.models import _layer_output, _weight_layers, create_model, fit_init_to_data
 from nin.train import MAX_WARMUP_FRACTION, fit, lr_at
 
@@ -44,12 +45,22 @@ def test_tiny_sets_get_a_floor_of_steps_and_a_cap_of_epochs():
 
 def test_what_the_user_gives_is_kept_and_what_is_resolved_is_said():
     lines = []
-    config = TrainConfig(epochs=3, batch_size=128)
+    config = TrainConfig(epochs=3, batch_size=128, warmup_epochs=0.5)
     assert resolve_for_data(config, 1_400, log=lines.append) == config and lines == []
     config = resolve_for_data(TrainConfig(), 1_400, log=lines.append)
     assert (config.epochs, config.batch_size) == (41, 128)
-    assert lines == ["1,400 training images: 41 epochs of batch 128, 410 steps (the defaults for this many images: "
-                     "about 1500 x sqrt(images) seen, at least 300 steps; --epochs and --batch-size set them)"]
+    assert lines == ["1,400 training images: 41 epochs of batch 128, 410 steps, warm-up 10 epochs (the defaults for "
+                     "this many images: about 1500 x sqrt(images) seen, at least 300 steps, at least 100 steps of "
+                     "warm-up; --epochs, --batch-size and --warmup-epochs set them)"]
+
+
+def test_the_warm_up_lasts_an_epoch_or_100_steps_whichever_is_longer():
+    assert default_warmup_epochs(60_000, 128) == 1.0  # 468 steps an epoch
+    assert default_warmup_epochs(1_600, 128) == 8.34  # 12 steps an epoch: 100 steps, not 12
+    config = resolve_for_data(TrainConfig(), 1_600, log=lambda *_: None)
+    total = config.epochs * (1_600 // config.batch_size)
+    lrs = [lr_at(step, total, config) for step in range(total)]
+    assert lrs.index(max(lrs)) == 100
 
 
 def test_plain_networks_get_clipping_and_the_papers_dropout_batch_norm_twins_neither_unless_given():
@@ -110,6 +121,6 @@ def test_the_papers_plain_network_leaves_chance_within_100_steps(tmp_path, fashi
 def test_every_recipe_fixes_what_the_defaults_would_decide_and_keeps_its_schedule(name):
     """So that a recipe's runs are what they were before these defaults existed."""
     recipe = load_recipe(name)
-    assert None not in (recipe.epochs, recipe.batch_size, recipe.dropout)
+    assert None not in (recipe.epochs, recipe.batch_size, recipe.dropout, recipe.warmup_epochs)
     assert resolve_for_data(recipe, 60_000, log=lambda *_: pytest.fail("nothing to resolve")) == recipe
     assert recipe.warmup_epochs <= MAX_WARMUP_FRACTION * recipe.epochs  # the cap on warm-up never bites

@@ -1,8 +1,9 @@
 """Network In Network (Lin, Chen & Yan, ICLR 2014): models, data, training, evaluation."""
-__version__ = "0.1.0"
+from .version import __version__
 
+from .card import ModelInfo
 from .errors import NinError
+from .inference import load
 from .models import NIN, count_parameters, create_model, list_models
-from .export import ModelInfo, load
 
 __all__ = ["NIN", "ModelInfo", "NinError", "count_parameters", "create_model", "list_models", "load", "__version__"]

@@ -6,6 +6,7 @@ class names, input size, channels and normalisation) and everything an exact res
 """
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -26,11 +27,13 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed while writing
         stale.unlink(missing_ok=True)
+    serialized = io.BytesIO()  # in memory first: a full disk is then a plain OSError from our write, not an
+    torch.save(obj, serialized)  # error torch's zip writer reports as a RuntimeError after a chained OSError
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(handle, 0o666 & ~_umask())  # mkstemp's 0600 would make checkpoints unlike the other files
         with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream)
+            stream.write(serialized.getbuffer())
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temp_name, path)

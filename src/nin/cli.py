@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from . import __version__
+from .version import __version__
 from .config import add_arguments, list_recipes, load_recipe, overrides_from_args, from_dict
 from .errors import NinError
 from .train import Interrupted
@@ -184,11 +184,11 @@ def cmd_predict(args) -> int:
     trained = load_trained(args.checkpoint, resolve_device(args.device))
     results = predict_files(trained, args.images, args.topk)
     if args.json:
-        print(json.dumps(results))
+        print(json.dumps(list(results)))
         return 0
-    for result in results:
+    for result in results:  # printed as they come: a long list of files shows progress
         ranked = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in result["top"])
-        print(f"{result['image']}: {ranked}")
+        print(f"{result['image']}: {ranked}", flush=True)
     return 0
 
 

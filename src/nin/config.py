@@ -54,7 +54,7 @@ class TrainConfig:
     nesterov: bool = True
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
-    warmup_epochs: float = 1.0
+    warmup_epochs: float | None = None
     schedule: str = "cosine"
     step_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
     grad_clip: float | None = None
@@ -102,7 +102,8 @@ HELP: dict[str, str] = {
     "nesterov": "Nesterov momentum",
     "weight_decay": "L2 weight decay",
     "label_smoothing": "label smoothing of the cross-entropy (0: none)",
-    "warmup_epochs": "linear warm-up from lr/10, in epochs (at most a quarter of the run)",
+    "warmup_epochs": "linear warm-up from lr/10, in epochs, at most a quarter of the run (default: 1, or more "
+                     "when an epoch has fewer than 100 steps)",
     "schedule": "the learning rate after the warm-up: cosine | linear | step | constant",
     "step_milestones": "the step schedule: fractions of the run where the lr drops tenfold",
     "grad_clip": "clip the gradient norm at this, 0: off (default: 1 without BatchNorm, off with it)",

@@ -15,6 +15,7 @@ from .config import TrainConfig
 IMAGES_PER_SQRT_IMAGE = 1500  # the length: 1500 * sqrt(N) images seen (N = training images)
 MIN_EPOCHS, MAX_EPOCHS = 1, 100
 MIN_STEPS = 300  # every run gets at least this many optimizer steps when it can: by smaller batches or more epochs
+MIN_WARMUP_STEPS = 100  # the warm-up lasts an epoch, or this many steps when an epoch has fewer (small sets)
 BATCH_SIZES = (128, 64, 32)  # the default batch: the largest of these that gives MIN_STEPS steps
 PLAIN_GRAD_CLIP = 1.0  # networks without BatchNorm: the gradient norm is clipped at this by default
 PLAIN_DROPOUT, BATCH_NORM_DROPOUT = 0.5, 0.3
@@ -32,9 +33,18 @@ def default_batch_size(train_images: int, epochs: int) -> int:
     return next((b for b in BATCH_SIZES if epochs * (train_images // b) >= MIN_STEPS), BATCH_SIZES[-1])
 
 
+def default_warmup_epochs(train_images: int, batch_size: int) -> float:
+    """One epoch, or enough epochs for MIN_WARMUP_STEPS steps: the networks without BatchNorm need about
+    that many steps at a rising rate whatever the epoch's length (with 12 steps of warm-up, the CIFAR
+    widths died at ln 10 on a 1,600-image set; with 100 they learned). ``lr_at`` caps it at a quarter of
+    the run."""
+    steps_per_epoch = max(1, train_images // batch_size)
+    return max(1.0, math.ceil(100 * MIN_WARMUP_STEPS / steps_per_epoch) / 100)
+
+
 def resolve_for_data(config: TrainConfig, train_images: int, log=print) -> TrainConfig:
-    """``epochs`` and ``batch_size`` left to the run (None) made concrete for ``train_images`` images, and
-    said in one line, so that the run's config.json holds what was used."""
+    """``epochs``, ``batch_size`` and ``warmup_epochs`` left to the run (None) made concrete for
+    ``train_images`` images, and said in one line, so that the run's config.json holds what was used."""
     epochs, batch_size = config.epochs, config.batch_size
     if epochs is None:
         epochs = default_epochs(train_images)
@@ -42,12 +52,16 @@ def resolve_for_data(config: TrainConfig, train_images: int, log=print) -> Train
         batch_size = min(default_batch_size(train_images, epochs), train_images)
     if config.epochs is None:  # a tiny set: more epochs, up to the cap, to reach MIN_STEPS
         epochs = min(MAX_EPOCHS, max(epochs, math.ceil(MIN_STEPS / max(1, train_images // batch_size))))
-    if (epochs, batch_size) != (config.epochs, config.batch_size):
+    warmup = config.warmup_epochs
+    if warmup is None:
+        warmup = default_warmup_epochs(train_images, batch_size)
+    if (epochs, batch_size, warmup) != (config.epochs, config.batch_size, config.warmup_epochs):
         steps = epochs * (train_images // batch_size)
         log(f"{train_images:,} training images: {epochs} epoch{'s' * (epochs != 1)} of batch {batch_size}, "
-            f"{steps:,} steps (the defaults for this many images: about {IMAGES_PER_SQRT_IMAGE} x sqrt(images) "
-            f"seen, at least {MIN_STEPS} steps; --epochs and --batch-size set them)")
-    return dataclasses.replace(config, epochs=epochs, batch_size=batch_size)
+            f"{steps:,} steps, warm-up {warmup:g} epoch{'s' * (warmup != 1)} (the defaults for this many images: "
+            f"about {IMAGES_PER_SQRT_IMAGE} x sqrt(images) seen, at least {MIN_STEPS} steps, at least "
+            f"{MIN_WARMUP_STEPS} steps of warm-up; --epochs, --batch-size and --warmup-epochs set them)")
+    return dataclasses.replace(config, epochs=epochs, batch_size=batch_size, warmup_epochs=warmup)
 
 
 def resolve_for_model(config: TrainConfig, plain: bool) -> TrainConfig:

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import torch
 
+from .card import ModelInfo, read_safetensors
 from .checkpoint import load_checkpoint
 from .data import DATASETS, DeviceLoader, dataset_info, load_dataset, load_image
 from .data.splits import paper_validation
 from .data.preprocess import preprocess_from_state
 from .errors import NinError
 from .evaluate import evaluate
-from .models import NIN, create_model
+from .models import NIN, create_model, load_state
 
 
 @dataclass
@@ -45,6 +46,25 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
     return Trained(model, list(state["classes"]), preprocess_from_state(norm), state["input"]["size"],
                    state["input"]["channels"], state["input"]["dataset"], state["config"],
                    state["model_name"], dict(state["model_kwargs"]))
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> NIN:
+    """``nin.load``: a trained model ready for evaluation, from ``nin export`` safetensors weights (or their
+    JSON) or from a run folder / checkpoint. ``model.info`` (a ``ModelInfo``) holds the class names, the
+    input size and channels and the preprocessing; ``model.info.normalize()(uint8_images)`` is the input."""
+    path = Path(path).expanduser()
+    if path.suffix in (".safetensors", ".json"):
+        state, info = read_safetensors(path)
+        if info is None:
+            raise NinError(f"no config for {path}: expected {path.with_suffix('.json').name} beside it "
+                           "(written by `nin export`); or use nin.create_model(name, weights=PATH)")
+        model = create_model(info.name, **info.kwargs)
+        load_state(model, state, path, info.name)
+    else:
+        trained = load_trained(path, "cpu")
+        model, info = trained.model, ModelInfo.from_trained(trained)
+    model.info = info
+    return model.to(device).eval()
 
 
 def evaluate_trained(trained: Trained, dataset: str | None = None, root: str | None = None,
@@ -86,13 +106,18 @@ def check_tta(dataset: str) -> None:
                        f"which can change a {info.title} image's class; data sets that allow it: {allowed}")
 
 
-@torch.inference_mode()
-def predict_files(trained: Trained, paths: list[str], topk: int = 5) -> list[dict]:
-    """Top-k (class, probability) for each image file, converted to the model's size and channels."""
-    images = torch.stack([load_image(p, trained.size, trained.channels) for p in paths]).to(trained.device)
-    probabilities = trained.model(trained.normalize(images)).softmax(dim=1)
+PREDICT_BATCH = 64  # images decoded and run at once: memory stays flat however many files are given
+
+
+def predict_files(trained: Trained, paths: list[str], topk: int = 5):
+    """Top-k (class, probability) for each image file, converted to the model's size and channels; yields
+    one result per image, in order, working through the files a batch at a time."""
     k = min(topk, len(trained.classes))
-    values, indices = probabilities.topk(k, dim=1)
-    return [{"image": str(path), "top": [{"class": trained.classes[i], "probability": float(v)}
-                                         for v, i in zip(vals.tolist(), idxs.tolist())]}
-            for path, vals, idxs in zip(paths, values, indices)]
+    for start in range(0, len(paths), PREDICT_BATCH):
+        batch = paths[start:start + PREDICT_BATCH]
+        with torch.inference_mode():
+            images = torch.stack([load_image(p, trained.size, trained.channels) for p in batch]).to(trained.device)
+            values, indices = trained.model(trained.normalize(images)).softmax(dim=1).topk(k, dim=1)
+        for path, vals, idxs in zip(batch, values.tolist(), indices.tolist()):
+            yield {"image": str(path), "top": [{"class": trained.classes[i], "probability": v}
+                                               for v, i in zip(vals, idxs)]}

@@ -289,17 +289,55 @@ def create_model(name: str, *, weights: str | os.PathLike | None = None, **kwarg
     ``.safetensors`` file from ``nin export``, loaded with the arguments in the JSON beside it."""
     _variant(name)
     if weights is not None:
-        from .export import load_weights  # lazy: safetensors only when weights are asked for
-
-        return load_weights(name, weights, **kwargs)
+        return _with_weights(name, weights, **kwargs)
     try:
         return _REGISTRY[name](**kwargs)
     except TypeError as error:
         raise NinError(f"bad argument for model {name!r}: {error}") from None
 
 
+def _with_weights(name: str, weights: str | os.PathLike, **kwargs) -> NIN:
+    """The variant built with the export's arguments (``kwargs`` override them), its weights loaded from
+    the .safetensors file; ``model.info`` holds the card (class names, preprocessing, input size) when
+    the file has one."""
+    from .card import read_safetensors  # lazy: safetensors only when weights are asked for
+
+    state, info = read_safetensors(weights)
+    if info is not None and info.name != name:
+        raise NinError(f"{weights} holds weights for {info.name!r}, not {name!r}")
+    model = create_model(name, **{**(info.kwargs if info else {}), **kwargs})
+    load_state(model, state, weights, name)
+    model.info = info
+    return model
+
+
+def load_state(model: nn.Module, state: dict, where, name: str) -> None:
+    """``model.load_state_dict(state)``, a mismatch said in one line naming ``where`` the weights came from."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise NinError(f"{where}: the weights do not fit model {name!r} ({detail})") from None
+
+
 def variant_has_batch_norm(name: str) -> bool:
     return bool(_variant(name).defaults.get("batch_norm", False))
+
+
+def training_step_bytes(name: str, kwargs: dict, batch: int, channels: int, size: int) -> int:
+    """About the memory one training step of ``batch`` images takes: every layer's float32 output (kept for
+    the backward pass; the gradients are freed layer by layer) and the weights four times (weights,
+    gradients, momentum, a spare). Found on the meta device: no memory is used to find out."""
+    with torch.device("meta"):
+        model = create_model(name, **kwargs)
+        outputs = []
+        hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out.numel()))
+                 for m in model.modules() if not list(m.children())]
+        model(torch.empty(batch, channels, size, size))
+        for hook in hooks:
+            hook.remove()
+    return 4 * (sum(outputs) + 4 * count_parameters(model))
 
 
 def count_parameters(model: nn.Module) -> int:

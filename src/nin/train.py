@@ -28,7 +28,9 @@ from .data.preprocess import make_preprocess, preprocess_from_state
 from .errors import NinError
 from .evaluate import autocast, evaluate, format_report
 from .defaults import resolve_for_data, resolve_for_model
-from .models import create_model, default_cfg, fit_init_to_data, variant_has_batch_norm
+from .hardware import require_memory
+from .models import (create_model, default_cfg, fit_init_to_data, training_step_bytes,
+                     variant_has_batch_norm)
 from .distributed import (World, all_reduce_sum, any_process, broadcast_from_main, close_world, device_for,
                           init_world, local_batch_size, wrap)
 from .rundir import RunFolder
@@ -232,6 +234,10 @@ class Run:
         plain = not variant_has_batch_norm(config.model)
         self.config = config = resolve_for_model(self.data.config, plain)
         self.model_kwargs = model_arguments(config, len(self.data.classes), self.data.channels, self.data.size)
+        batch = local_batch_size(config.batch_size, world)
+        require_memory(training_step_bytes(config.model, self.model_kwargs, batch, self.data.channels, self.data.size),
+                       self.device, f"training {config.model} on batches of {batch} images of {self.data.size} "
+                       "pixels", "lower --batch-size or --image-size")
         self.model = create_model(config.model, **self.model_kwargs).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import NinError
+from ..hardware import require_memory
 from . import readers
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
@@ -85,6 +86,8 @@ def _reshape(split: Split, size: int | None, channels: int | None) -> Split:
     """Images at another size (bilinear, antialiased, as PIL resizes folder images) or channel count
     (grey -> RGB repeats the channel; RGB -> grey weighs it as PIL's "L" does)."""
     images = split.images
+    if size and size != images.shape[-1]:
+        _require_pixels(len(images), channels or images.shape[1], size)
     if channels and channels != images.shape[1]:
         if channels == 3:
             images = images.expand(-1, 3, -1, -1)
@@ -186,6 +189,14 @@ def _download(name: str, root: Path, split: str) -> None:
         raise NinError(f"could not download {DATASETS[name].title} into {root}: {error}") from None
 
 
+HELD_BYTES_PER_PIXEL = 5  # the uint8 images, and a float32 copy while the preprocessing is fitted to them
+
+
+def _require_pixels(count: int, channels: int, size: int) -> None:
+    require_memory(count * channels * size * size * HELD_BYTES_PER_PIXEL, torch.device("cpu"),
+                   f"{count:,} images of {channels}x{size}x{size} pixels", "lower --image-size")
+
+
 # --- image folders --------------------------------------------------------------------------------
 
 def _load_folder(root, split: str, size: int, channels: int, cache: bool) -> Split:
@@ -205,6 +216,7 @@ def _load_folder(root, split: str, size: int, channels: int, cache: bool) -> Spl
     if split == "train" and empty:
         raise NinError(f"the class folder {split_dir / empty[0]} holds no images: a class needs training images "
                        "(add some, or move the folder out)")
+    _require_pixels(len(samples), channels, size)
     files = [path for path, _ in samples]
     key = ("folder", split, size, channels, tuple(classes))
     return _cached(files, key, lambda: _decode_folder(samples, classes, size, channels), cache)

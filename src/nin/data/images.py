@@ -1,6 +1,7 @@
 """Image files -> uint8 tensors of the size and channel count a model was trained on."""
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -11,16 +12,38 @@ from PIL import Image
 from ..errors import NinError
 
 
+DEFAULT_MAX_PIXELS = 1 << 28  # 268 megapixels (16384 x 16384): larger files are refused unless the limit is raised
+
+
+def max_image_pixels() -> int:
+    """The largest image (in pixels) decoded: NIN_MAX_IMAGE_PIXELS, else DEFAULT_MAX_PIXELS. The limit stops a
+    small file that claims a huge size (a decompression bomb) from taking the machine's memory."""
+    text = os.environ.get("NIN_MAX_IMAGE_PIXELS", "")
+    try:
+        return int(text) if text else DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise NinError(f"NIN_MAX_IMAGE_PIXELS must be a whole number of pixels, got {text!r}") from None
+
+
+Image.MAX_IMAGE_PIXELS = None  # PIL's own limit (an error at 179 megapixels) is replaced by max_image_pixels()
+
+
 def load_image(path: str | Path, size: int, channels: int) -> torch.Tensor:
     """(channels, size, size) uint8. Palette, alpha and 16-bit images are converted; alpha is dropped."""
+    limit = max_image_pixels()
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:  # reads the header only: the size is checked before decoding
+                if image.width * image.height > limit:
+                    raise NinError(f"{path} has {image.width}x{image.height} pixels, more than the limit of "
+                                   f"{limit:,}: raise it with NIN_MAX_IMAGE_PIXELS={image.width * image.height}")
                 image.load()
                 image = _to_8bit(image)
                 image = image.convert("L" if channels == 1 else "RGB")
                 image = image.resize((size, size), Image.Resampling.BILINEAR)
+    except NinError:
+        raise
     except FileNotFoundError:
         raise NinError(f"image {path} does not exist") from None
     except Exception as error:  # PIL raises many types for damaged files (OSError, ValueError, TypeError...)
