@@ -6,6 +6,7 @@ training, a text file as checkpoint or image) and tests/test_data.py (the reader
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import torch
 from PIL import Image
 
 from nin.cli import main
+from nin.errors import NinError
 from tiny_run import train_tiny_run, write_folder_dataset
 
 QUIET = ["--device", "cpu", "--no-progress", "--no-tensorboard"]
@@ -317,18 +319,21 @@ def test_a_checkpoint_with_the_right_marker_but_damaged_contents_is_one_line(tin
     assert_one_line_error(code, err, message)
 
 
-def test_images_too_large_for_the_memory_are_refused_before_they_are_decoded(tmp_path, capsys, folder_data):
-    code, _, err = run_cli(["train", "--dataset", "folder", "--root", folder_data, *FAST, "--image-size", "200000",
+def test_images_too_large_for_the_memory_are_refused_before_they_are_decoded(tmp_path, capsys, folder_data,
+                                                                            monkeypatch):
+    monkeypatch.setattr("nin.hardware.free_memory", lambda device: 50_000)  # a machine with 50 kB free
+    code, _, err = run_cli(["train", "--dataset", "folder", "--root", folder_data, *FAST, "--image-size", "64",
                             "--out", tmp_path / "run"], capsys)
-    assert_one_line_error(code, err, "images of 3x200000x200000 pixels needs about")
+    assert_one_line_error(code, err, "12 images of 3x64x64 pixels needs about 0.0 GB of memory and cpu has")
     assert "lower --image-size" in err
 
 
-def test_a_batch_too_large_for_the_memory_is_refused_before_training(tmp_path, capsys, folder_data):
-    code, _, err = run_cli(["train", "--dataset", "folder", "--root", folder_data, "--epochs", "1", *QUIET,
-                            "--batch-size", "4", "--image-size", "4096", "--model", "nin_cifar10",
+def test_a_batch_too_large_for_the_memory_is_refused_before_training(tmp_path, capsys, folder_data, monkeypatch):
+    monkeypatch.setattr("nin.hardware.free_memory", lambda device: 5_000_000)  # the 12 images fit, a step not
+    code, _, err = run_cli(["train", "--dataset", "folder", "--root", folder_data, *FAST, "--model", "nin_cifar10",
                             "--out", tmp_path / "run"], capsys)
-    assert_one_line_error(code, err, "training nin_cifar10 on batches of 4 images of 4096 pixels needs about")
+    assert_one_line_error(code, err, "training nin_cifar10 on batches of 4 images of 32 pixels needs about")
+    assert "lower --batch-size or --image-size" in err and not (tmp_path / "run").exists()
 
 
 def test_a_100_megapixel_image_is_read_and_the_size_limit_is_one_line(tiny_run, tmp_path, capsys, monkeypatch):
@@ -340,3 +345,23 @@ def test_a_100_megapixel_image_is_read_and_the_size_limit_is_one_line(tiny_run, 
     code, _, err = run_cli(["predict", tiny_run, huge, "--device", "cpu"], capsys)
     assert_one_line_error(code, err, "has 12000x8400 pixels, more than the limit of 50,000,000: raise it with "
                                      "NIN_MAX_IMAGE_PIXELS=100800000")
+
+
+def test_library_warnings_never_come_above_a_one_line_error(tmp_path, capsys, monkeypatch):
+    def warn_then_fail(_args):
+        warnings.warn("a torch internal detail", UserWarning)
+        raise NinError("the real problem")
+
+    monkeypatch.setattr("nin.cli.cmd_models", warn_then_fail)
+    code, _, err = run_cli(["models"], capsys)
+    assert_one_line_error(code, err, "the real problem")
+
+
+def test_library_warnings_of_a_command_that_succeeds_are_still_shown(monkeypatch):
+    def warn_then_succeed(_args):
+        warnings.warn("worth knowing", UserWarning)
+        return 0
+
+    monkeypatch.setattr("nin.cli.cmd_models", warn_then_succeed)
+    with pytest.warns(UserWarning, match="worth knowing"):  # shown once the command is done
+        assert main(["models"]) == 0

@@ -185,6 +185,14 @@ def test_fashion_mnist_in_debian_layout_gzipped_in_the_root(tmp_path):
     assert loaded.classes[0] == "T-shirt/top" and loaded.classes[9] == "Ankle boot" and len(loaded.classes) == 10
 
 
+def test_idx_labels_out_of_range_name_the_labels_file(tmp_path):
+    folder = tmp_path / "MNIST" / "raw"
+    write_mnist(folder, n=2)
+    write_idx(folder / "train-labels-idx1-ubyte", np.array([3, 12], np.uint8))
+    with pytest.raises(NinError, match=r"train-labels-idx1-ubyte: labels must lie in 0..9, found 3..12"):
+        load_dataset("mnist", tmp_path, "train", cache=False)
+
+
 def test_idx_with_wrong_magic_raises(tmp_path):
     write_mnist(tmp_path / "MNIST" / "raw", n=2)
     path = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"

@@ -16,8 +16,8 @@ import torch
 
 from nin.checkpoint import load_checkpoint
 from nin.cli import main
-from nin.errors import NinError
-from nin.train import MAX_ROLLBACKS, Interrupted, Run, fit
+from nin.errors import Interrupted, NinError
+from nin.train import MAX_ROLLBACKS, Run, fit
 from run_checks import STEPS_PER_EPOCH, metrics_rows, small_config
 from tiny_run import write_folder_dataset
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from nin.checkpoint import load_checkpoint
-from nin.train import Interrupted, Run, fit, resume_config
+from nin.errors import Interrupted
+from nin.train import Run, fit, resume_config
 from run_checks import (STEPS_PER_EPOCH, assert_same_run, metrics_rows, quiet, signal_and_collect, small_config,
                         train_straight)
 from tiny_run import write_folder_dataset

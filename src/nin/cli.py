@@ -8,11 +8,11 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 from .version import __version__
 from .config import add_arguments, list_recipes, load_recipe, overrides_from_args, from_dict
-from .errors import NinError
-from .train import Interrupted
+from .errors import Interrupted, NinError
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: the run stopped cleanly and can be resumed
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a Unix tool returns when its reader (head, less) goes away
@@ -134,7 +134,7 @@ def cmd_eval(args) -> int:
     from .inference import evaluate_trained, load_trained
     from .evaluate import format_report, metrics_json
     from .report import confused_pairs, format_pairs, require_matplotlib, write_report
-    from .train import resolve_device
+    from .hardware import resolve_device
 
     if args.topk < 1:
         raise NinError(f"--topk must be 1 or more, got {args.topk}")
@@ -177,7 +177,7 @@ def cmd_export(args) -> int:
 
 def cmd_predict(args) -> int:
     from .inference import load_trained, predict_files
-    from .train import resolve_device
+    from .hardware import resolve_device
 
     if args.topk < 1:
         raise NinError(f"--topk must be 1 or more, got {args.topk}")
@@ -194,7 +194,7 @@ def cmd_predict(args) -> int:
 
 def cmd_visualize(args) -> int:
     from .inference import load_trained
-    from .train import resolve_device
+    from .hardware import resolve_device
     from .visualize import require_matplotlib, visualize_files
 
     require_matplotlib("nin visualize")  # before loading anything
@@ -252,12 +252,22 @@ def cmd_recipes(args) -> int:
     return 0
 
 
+def _run_keeping_warnings_for_success(args) -> int:
+    """The command; the warnings of libraries (torch, numpy) are shown after it succeeds, and dropped when
+    it fails with a NinError, whose one line says what matters."""
+    with warnings.catch_warnings(record=True) as caught:
+        code = args.handler(args)
+    for warning in caught:
+        warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     args, unknown = get_parser().parse_known_args(argv)
     if unknown:
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        code = args.handler(args)
+        code = _run_keeping_warnings_for_success(args)
         sys.stdout.flush()  # output still buffered meets a reader that left here, where it is handled
         return code
     except Interrupted as error:

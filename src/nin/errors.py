@@ -3,3 +3,7 @@
 
 class NinError(Exception):
     """A problem with the user's input (names, files, settings), with what was expected and what to do."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after a checkpoint; ``nin train --resume`` continues it (exit 75)."""

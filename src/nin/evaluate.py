@@ -1,7 +1,6 @@
 """Evaluation: loss, accuracy, error and per-class accuracy over a loader, without host syncs per batch."""
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from typing import Sequence
@@ -10,15 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .distributed import all_reduce_sum
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast when enabled: the default on CUDA; on a CPU only when asked (``--amp bf16``). On this
-    project's Xeon (AMX-BF16) it made NIN-CIFAR training 2.3x and inference 2.0x faster than fp32
-    (benchmarks/throughput.py --cpu-bf16); CPUs without AMX or AVX512-BF16 are expected to slow down."""
-    if enabled and device.type in ("cuda", "cpu"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+from .hardware import autocast
 
 
 @torch.inference_mode()

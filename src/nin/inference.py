@@ -8,8 +8,8 @@ import torch
 
 from .card import ModelInfo, read_safetensors
 from .checkpoint import load_checkpoint
-from .data import DATASETS, DeviceLoader, dataset_info, load_dataset, load_image
-from .data.splits import paper_validation
+from .data import DATASETS, DeviceLoader, dataset_info, load_image
+from .data.splits import select_images
 from .data.preprocess import preprocess_from_state
 from .errors import NinError
 from .evaluate import evaluate
@@ -90,12 +90,9 @@ def evaluate_trained(trained: Trained, dataset: str | None = None, root: str | N
 
 def _load_split(trained: Trained, name: str, root, split: str):
     """One split; ``val`` is the paper's validation split, held out of the training split(s) the run used."""
-    if split != "val":
-        return load_dataset(name, root, split, image_size=trained.size, channels=trained.channels)
     parts = (trained.config.get("train_split") or "train") if name == trained.dataset else "train"
-    loaded = {part: load_dataset(name, root, part, image_size=trained.size, channels=trained.channels)
-              for part in parts.split("+")}
-    return paper_validation(name, loaded)[1]
+    return select_images(name, root, parts, split, image_size=trained.size, channels=trained.channels,
+                         need_train=False)[1]
 
 
 def check_tta(dataset: str) -> None:

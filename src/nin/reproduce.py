@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from .config import TrainConfig, from_dict, list_recipes, load_recipe
-from .data import dataset_info, load_dataset
+from .data import dataset_info
+from .data.splits import select_images
 from .errors import NinError
 from .hardware import describe_hardware
 
@@ -91,9 +92,8 @@ def row_config(row: str, seed: int, out: Path, overrides: dict) -> TrainConfig:
 def check_data(configs: list[TrainConfig]) -> None:
     """Stop before any training when a data set is missing (the error names it and how to get it)."""
     for dataset, root, split, evaluated in sorted({(c.dataset, c.root, c.train_split, c.eval_split) for c in configs}):
-        for part in split.split("+") + (["test"] if evaluated == "test" else []):
-            if dataset != "folder":
-                load_dataset(dataset, root or None, part)
+        if dataset != "folder":  # a folder's images are decoded at the run's size: its run checks them
+            select_images(dataset, root or None, split, evaluated)
 
 
 def reproduce(target: str, *, seeds: int = 1, out: str | Path = "reproduce", overrides: dict | None = None,

@@ -22,13 +22,13 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from .config import TrainConfig, from_dict, validate
-from .data import DeviceLoader, dataset_info, load_dataset
-from .data.splits import paper_validation
+from .data import DeviceLoader, dataset_info
+from .data.splits import select_images
 from .data.preprocess import make_preprocess, preprocess_from_state
-from .errors import NinError
-from .evaluate import autocast, evaluate, format_report
+from .errors import Interrupted, NinError
+from .evaluate import evaluate, format_report
 from .defaults import resolve_for_data, resolve_for_model
-from .hardware import require_memory
+from .hardware import autocast, require_memory, resolve_device
 from .models import (create_model, default_cfg, fit_init_to_data, training_step_bytes,
                      variant_has_batch_norm)
 from .distributed import (World, all_reduce_sum, any_process, broadcast_from_main, close_world, device_for,
@@ -36,22 +36,6 @@ from .distributed import (World, all_reduce_sum, any_process, broadcast_from_mai
 from .rundir import RunFolder
 from .tblog import TensorBoardLog
 
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise NinError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise NinError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise NinError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
-    if device.type not in ("cpu", "cuda"):
-        raise NinError(f"unsupported device {name!r}: expected auto, cpu, cuda or cuda:N")
-    return device
 
 
 def _silent(*_) -> None:
@@ -80,15 +64,8 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
     if config.translate >= size:
         raise NinError(f"--translate {config.translate} shifts images of {size} pixels out of view: use less than {size}")
     root = config.root or None
-    parts = {split: load_dataset(config.dataset, root, split, image_size=size, channels=channels)
-             for split in config.train_split.split("+")}
-    if config.eval_split == "val":  # tuning: the paper's validation images stand in for the test set
-        train, test = paper_validation(config.dataset, parts)
-    else:
-        train = _join(list(parts.values()))
-        test = load_dataset(config.dataset, root, "test", image_size=size, channels=channels)
-    if test.classes != train.classes:
-        raise NinError(f"the test split's classes {test.classes} differ from the training split's {train.classes}")
+    train, test = select_images(config.dataset, root, config.train_split, config.eval_split, image_size=size,
+                                channels=channels)  # eval_split "val": the validation images stand in for the test set
     train_images, train_labels = _subset(train.images, train.labels, config.train_subset)
     test_images, test_labels = _subset(test.images, test.labels, config.test_subset)
     config = resolve_for_data(config, len(train_images), log)
@@ -105,14 +82,6 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
     test_loader = DeviceLoader(test_images, test_labels, normalize, batch_size=config.eval_batch_size, **common)
     return Data(config, train_loader, test_loader, train.classes, normalize, int(train_images.shape[1]),
                 int(train_images.shape[2]))
-
-
-def _join(parts: list):
-    """Several training splits ("train+extra") as one."""
-    if len(parts) == 1:
-        return parts[0]
-    return type(parts[0])(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
-                          parts[0].classes)
 
 
 def _subset(images: torch.Tensor, labels: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,16 +154,15 @@ class RunState:
     rollbacks: int = 0
 
 
-class Interrupted(Exception):
-    """SIGINT or SIGTERM stopped the run after a checkpoint; ``nin train --resume`` continues it."""
-
-
 class NonFiniteLoss(Exception):
     pass
 
 
 MAX_ROLLBACKS = 3
-EXPLODED_LOSS = 100  # an epoch's mean loss above this many times chance (ln classes) counts as a divergence
+SYNC_EVERY = 25  # steps between the host syncs of an epoch (the finite-loss check, the progress bar, DDP stops)
+# an epoch's mean loss above this many times chance (ln classes) is a divergence; far above what a start may
+# give (the paper recipes' std-0.05 start passed 100 x chance in its first steps on the test fixtures)
+EXPLODED_LOSS = 10_000
 
 
 def fit(config: TrainConfig, *, resume: str | None = None, log=print) -> dict:
@@ -313,10 +281,12 @@ class Run:
             correct += (logits.detach().argmax(1) == labels).sum()
             state.seen += len(labels)
             state.batch += 1
-            if state.batch % 25 == 0 or state.batch == len(loader):  # the only host syncs of the epoch
+            sync_point = state.batch % SYNC_EVERY == 0 or state.batch == len(loader)
+            if sync_point:  # the only host syncs of the epoch
                 self.check_finite(loss_sum, lr)
                 bar.set_postfix(loss=f"{float(loss_sum) / state.seen:.4f}", lr=f"{lr:.4g}", refresh=False)
-            if any_process(stop.received is not None, self.device):  # all processes stop at the same step
+            # a stop signal: at once alone; with several processes at a sync point, where all of them stop
+            if (sync_point or not self.world.active) and any_process(stop.received is not None, self.device):
                 break
 
     def set_lr(self) -> float:

@@ -164,7 +164,8 @@ def _parse(name: str, files: list[Path]) -> Split:
         classes = MNIST_CLASSES if name == "mnist" else FASHION_CLASSES
         if len(labels) != len(images):
             raise NinError(f"{files[1]} holds {len(labels)} labels for {len(images)} images in {files[0]}")
-    _check_labels(files[0], labels, len(classes))
+    label_file = files[1] if name in ("mnist", "fashion-mnist") else files[0]  # IDX keeps labels apart
+    _check_labels(label_file, labels, len(classes))
     return Split(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels), classes)
 
 

@@ -1,4 +1,6 @@
-"""The paper's validation splits, carved out of the training images (the test set is never touched).
+"""Which images a run trains on and is evaluated on (``select_images``: the one place train, eval and
+reproduce decide it), and the paper's validation splits, carved out of the training images (the test
+set is never touched):
 
 - CIFAR-10/100: the last 10,000 training images (the paper tunes on them, then retrains on all 50,000).
 - SVHN: 400 images per class from ``train`` and 200 per class from ``extra`` (Goodfellow et al.'s split,
@@ -15,10 +17,38 @@ from __future__ import annotations
 import torch
 
 from ..errors import NinError
-from .datasets import Split
+from .datasets import Split, load_dataset
 
 LAST_N = {"cifar10": 10_000, "cifar100": 10_000, "mnist": 10_000, "fashion-mnist": 10_000}
 SVHN_PER_CLASS = {"train": 400, "extra": 200}
+
+
+def select_images(dataset: str, root, train_split: str = "train", eval_split: str = "test", *,
+                  image_size: int | None = None, channels: int | None = None,
+                  need_train: bool = True) -> tuple[Split | None, Split]:
+    """(the training images, the evaluated images) of ``dataset``: ``train_split`` names the training
+    split(s) ("train+extra" joins SVHN's two); ``eval_split`` is a split of the data set, or "val", the
+    paper's validation images held out of those training splits. Without ``need_train`` the training
+    images are only loaded when "val" needs them, and None is returned for them."""
+    def load(split: str) -> Split:
+        return load_dataset(dataset, root, split, image_size=image_size, channels=channels)
+
+    parts = {part: load(part) for part in train_split.split("+")} if need_train or eval_split == "val" else {}
+    if eval_split == "val":
+        train, evaluated = paper_validation(dataset, parts)
+    else:
+        train, evaluated = (_join(list(parts.values())) if parts else None), load(eval_split)
+    if need_train and evaluated.classes != train.classes:
+        raise NinError(f"the {eval_split} split's classes {evaluated.classes} differ from the training split's "
+                       f"{train.classes}")
+    return (train if need_train else None), evaluated
+
+
+def _join(parts: list[Split]) -> Split:
+    """Several training splits ("train+extra") as one."""
+    if len(parts) == 1:
+        return parts[0]
+    return Split(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]), parts[0].classes)
 
 
 def paper_validation(dataset: str, parts: dict[str, Split]) -> tuple[Split, Split]:
