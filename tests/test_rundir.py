@@ -12,7 +12,7 @@ import pytest
 from nin.cli import main
 from nin.errors import NinError
 from nin.rundir import RunFolder
-from tiny_run import write_folder_dataset
+from tiny_run import train_tiny_run, write_folder_dataset
 
 QUIET = ["--device", "cpu", "--no-progress", "--no-tensorboard"]
 
@@ -96,3 +96,15 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path,
     kept.mkdir()  # a folder the user made is theirs: left in place
     one_line_error(train_argv(tmp_path / "no-such-data", kept), capsys)
     assert kept.is_dir()
+
+
+def test_export_and_reproduce_refuse_places_they_cannot_write_in_one_line(tmp_path, capsys):
+    run = train_tiny_run(tmp_path / "tiny")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    assert "cannot write" in one_line_error(["export", run, "--out", "/proc/nin-export/model"], capsys)
+    assert "cannot write" in one_line_error(["export", run, "--format", "onnx", "--out", a_file / "m"], capsys)
+    data = write_folder_dataset(tmp_path / "data")
+    argv = ["reproduce", "table5-gap", "--dataset", "folder", "--root", data, "--epochs", "1", "--batch-size", "4",
+            "--out", a_file]
+    assert "cannot create the run folder" in one_line_error(argv, capsys)
