@@ -24,12 +24,12 @@ import torch
 from torch import nn
 
 from nin.config import TrainConfig
-from nin.evaluate import autocast
+from nin.hardware import autocast, resolve_device
 from nin.hardware import describe_hardware
 from nin.models import create_model
 from nin.distributed import World
 from nin.rundir import RunFolder
-from nin.train import Run, resolve_device
+from nin.train import Run
 from seed_model import SeedNIN
 
 BATCH = 128

@@ -28,7 +28,8 @@ from torch import nn
 from nin.config import from_dict, load_recipe
 from nin.data import load_dataset
 from nin.hardware import describe_hardware
-from nin.train import fit, resolve_device
+from nin.hardware import resolve_device
+from nin.train import fit
 from seed_model import SeedNIN
 
 SEED_BATCH, SEED_LR, SEED_MOMENTUM = 16, 1e-3, 0.9

@@ -92,7 +92,8 @@ def test_a_bad_setting_is_one_line(tmp_path, capsys, folder_data, flags, message
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "--epochs", "ten"], "nin train: error: argument --epochs: invalid int value: 'ten' (see nin train --help)"),
+    (["train", "--epochs", "ten"],
+     "nin train: error: argument --epochs: invalid int value: 'ten' (see nin train --help)"),
     (["train", "--epoks", "3"], "nin train: error: unrecognized arguments: --epoks 3 (see nin train --help)"),
     (["eval", "run", "--topk", "all"], "nin eval: error: argument --topk: invalid int value: 'all'"),
     (["trian"], "nin: error: argument command: invalid choice: 'trian'"),

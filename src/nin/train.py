@@ -37,7 +37,6 @@ from .rundir import RunFolder
 from .tblog import TensorBoardLog
 
 
-
 def _silent(*_) -> None:
     pass
 
@@ -62,10 +61,12 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
     size = config.image_size or (info.size if config.dataset != "folder" else model_cfg.input_size)
     channels = config.channels or info.channels
     if config.translate >= size:
-        raise NinError(f"--translate {config.translate} shifts images of {size} pixels out of view: use less than {size}")
+        raise NinError(f"--translate {config.translate} shifts images of {size} pixels out of view: "
+                       f"use less than {size}")
     root = config.root or None
+    # eval_split "val": the paper's validation images, held out of the training images, stand in for the test set
     train, test = select_images(config.dataset, root, config.train_split, config.eval_split, image_size=size,
-                                channels=channels)  # eval_split "val": the validation images stand in for the test set
+                                channels=channels)
     train_images, train_labels = _subset(train.images, train.labels, config.train_subset)
     test_images, test_labels = _subset(test.images, test.labels, config.test_subset)
     config = resolve_for_data(config, len(train_images), log)
