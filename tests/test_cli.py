@@ -38,8 +38,13 @@ def test_eval_json_reports_accuracy_error_count_and_per_class(trained_run, capsy
                                         "Shirt", "Sneaker", "Bag", "Ankle boot"}
 
 
-def test_eval_accepts_the_checkpoint_file_too(trained_run, capsys):
-    assert main(["eval", str(trained_run / "checkpoint.pt")]) == 0
+def test_eval_accepts_the_checkpoint_file_too(trained_run, tmp_path, capsys):
+    test = load_dataset("fashion-mnist", None, "test")
+    for index, name in enumerate(test.classes):  # ten images as a folder: what is tested is the path accepted
+        folder = tmp_path / "test" / name.replace("/", "-")
+        folder.mkdir(parents=True)
+        Image.fromarray(test.images[int((test.labels == index).nonzero()[0]), 0].numpy()).save(folder / "0.png")
+    assert main(["eval", str(trained_run / "checkpoint.pt"), "--dataset", "folder", "--root", str(tmp_path)]) == 0
     assert "test accuracy" in capsys.readouterr().out
 
 

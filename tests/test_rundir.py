@@ -50,7 +50,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
     RunFolder.claim(str(tmp_path / "run"), "", None).release()  # the kernel dropped the dead process's lock
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.3, 1.5])
+@pytest.mark.parametrize("delay", [0.0, 1.0])
 def test_two_trainings_into_one_folder_leave_one_whole_run(tmp_path, delay):
     data = write_folder_dataset(tmp_path / "data")
     out = tmp_path / "run"

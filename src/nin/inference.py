@@ -84,7 +84,11 @@ def evaluate_trained(trained: Trained, dataset: str | None = None, root: str | N
     if data.images.shape[1:] != (trained.channels, trained.size, trained.size):
         raise NinError(f"{name} images are {tuple(data.images.shape[1:])}; the model was trained on "
                        f"{(trained.channels, trained.size, trained.size)}")
-    loader = DeviceLoader(data.images, data.labels, trained.normalize, batch_size=batch_size, device=trained.device)
+    labels = data.labels
+    if data.classes != trained.classes and sorted(data.classes) == sorted(trained.classes):
+        # the same classes in another order (an image folder sorts them by name): labels follow the model's
+        labels = torch.tensor([trained.classes.index(name) for name in data.classes])[labels]
+    loader = DeviceLoader(data.images, labels, trained.normalize, batch_size=batch_size, device=trained.device)
     return evaluate(trained.model, loader, trained.classes, topk=topk, tta=tta)
 
 
