@@ -89,7 +89,7 @@ HELP: dict[str, str] = {
     "train_split": "the split(s) trained on; train+extra joins SVHN's two training splits",
     "eval_split": "test | val: hold out the paper's validation images and evaluate on them (for tuning)",
     "image_size": "resize images to this many pixels square (0: the data set's own size)",
-    "channels": "image-folder data: 1 (grey) or 3 (colour) (0: the data set's own)",
+    "channels": "convert the images to 1 (grey) or 3 (colour) channels (0: the data set's own)",
     "train_subset": "train on N training images, a fixed draw spread over the split (0: all)",
     "test_subset": "evaluate on N test images, a fixed draw spread over the split (0: all)",
     "translate": "random translation by up to this many pixels (0: none)",
