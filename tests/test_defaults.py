@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from nin.config import TrainConfig, list_recipes, load_recipe
-from nin.defaults import (MAX_EPOCHS, MIN_STEPS, default_epochs, default_warmup_epochs, resolve_for_data,
-                          resolve_for_model)
+from nin.defaults import (MAX_EPOCHS, MAX_WARMUP_FRACTION, MIN_STEPS, default_epochs, default_warmup_epochs,
+                          resolve_for_data, resolve_for_model)
 from nin.models import _layer_output, _weight_layers, create_model, fit_init_to_data
-from nin.train import MAX_WARMUP_FRACTION, fit, lr_at
+from nin.train import fit, lr_at
 
 
 def test_small_sets_get_many_epochs_large_ones_few():
@@ -61,6 +61,8 @@ def test_the_warm_up_lasts_an_epoch_or_100_steps_whichever_is_longer():
     total = config.epochs * (1_600 // config.batch_size)
     lrs = [lr_at(step, total, config) for step in range(total)]
     assert lrs.index(max(lrs)) == 100
+    one_epoch = resolve_for_data(TrainConfig(epochs=1), 1_600, log=lambda *_: None)
+    assert one_epoch.warmup_epochs == 0.25  # the quarter-of-the-run cap, said as it acts
 
 
 def test_plain_networks_get_clipping_and_the_papers_dropout_batch_norm_twins_neither_unless_given():

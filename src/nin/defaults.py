@@ -16,6 +16,7 @@ IMAGES_PER_SQRT_IMAGE = 1500  # the length: 1500 * sqrt(N) images seen (N = trai
 MIN_EPOCHS, MAX_EPOCHS = 1, 100
 MIN_STEPS = 300  # every run gets at least this many optimizer steps when it can: by smaller batches or more epochs
 MIN_WARMUP_STEPS = 100  # the warm-up lasts an epoch, or this many steps when an epoch has fewer (small sets)
+MAX_WARMUP_FRACTION = 0.25  # and never more than this part of the run (train.lr_at caps a given one too)
 BATCH_SIZES = (128, 64, 32)  # the default batch: the largest of these that gives MIN_STEPS steps
 PLAIN_GRAD_CLIP = 1.0  # networks without BatchNorm: the gradient norm is clipped at this by default
 PLAIN_DROPOUT, BATCH_NORM_DROPOUT = 0.5, 0.3
@@ -53,8 +54,8 @@ def resolve_for_data(config: TrainConfig, train_images: int, log=print) -> Train
     if config.epochs is None:  # a tiny set: more epochs, up to the cap, to reach MIN_STEPS
         epochs = min(MAX_EPOCHS, max(epochs, math.ceil(MIN_STEPS / max(1, train_images // batch_size))))
     warmup = config.warmup_epochs
-    if warmup is None:
-        warmup = default_warmup_epochs(train_images, batch_size)
+    if warmup is None:  # the cap said as it will act, so that the run's first line and config.json are true
+        warmup = min(default_warmup_epochs(train_images, batch_size), MAX_WARMUP_FRACTION * epochs)
     if (epochs, batch_size, warmup) != (config.epochs, config.batch_size, config.warmup_epochs):
         steps = epochs * (train_images // batch_size)
         log(f"{train_images:,} training images: {epochs} epoch{'s' * (epochs != 1)} of batch {batch_size}, "

@@ -27,7 +27,7 @@ from .data.splits import select_images
 from .data.preprocess import make_preprocess, preprocess_from_state
 from .errors import Interrupted, NinError
 from .evaluate import evaluate, format_report
-from .defaults import resolve_for_data, resolve_for_model
+from .defaults import MAX_WARMUP_FRACTION, resolve_for_data, resolve_for_model
 from .hardware import autocast, require_memory, resolve_device
 from .models import (create_model, default_cfg, fit_init_to_data, training_step_bytes,
                      variant_has_batch_norm)
@@ -120,7 +120,6 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.S
                            nesterov=config.nesterov and config.momentum > 0)
 
 
-MAX_WARMUP_FRACTION = 0.25
 
 
 def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
@@ -236,7 +235,7 @@ class Run:
         config = self.config
         self.log(f"training {config.model} on {dataset_info(config.dataset).title} "
                  f"({len(self.data.train.images)} images, {len(self.data.classes)} classes) for {config.epochs} "
-                 f"epochs on {self.device}; run folder {self.run_dir}")
+                 f"epoch{'s' * (config.epochs != 1)} on {self.device}; run folder {self.run_dir}")
         if config.eval_split == "val":
             self.log(f"evaluating on the paper's validation split ({len(self.data.test.images)} training images "
                      "held out; the test set is not used): the test_* columns hold validation numbers")
