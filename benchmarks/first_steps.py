@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/first_steps.py                    # every plain variant, 5 seeds
     .venv/bin/python benchmarks/first_steps.py --ablation         # nin_mnist with each start-up aid alone
+    .venv/bin/python benchmarks/first_steps.py --models nin_cifar10 --seeds 1 --change warmup_epochs=8.34
 
 Each run is a default ``nin train`` on a zoo set (benchmarks/zoo.py; the validation split of its training
 images is evaluated), stopped after its first ``--steps`` optimizer steps (whole epochs: the stop comes at
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import statistics
 import sys
@@ -81,12 +83,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--ablation", action="store_true", help="nin_mnist with each start-up aid alone")
+    parser.add_argument("--change", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a TrainConfig field changed for every run, e.g. warmup_epochs=8.34 (repeatable)")
     parser.add_argument("--zoo-root", default="runs/zoo")
     parser.add_argument("--out", default=f"runs/first-steps-{time.strftime('%Y%m%d-%H%M%S')}")
     args = parser.parse_args()
     spec = settings(args.set, Path(args.zoo_root))
-    trials = ({name: ("nin_mnist", change) for name, change in ABLATION.items()} if args.ablation
-              else {model: (model, {}) for model in args.models.split(",")})
+    changed = {field: json.loads(value) for field, value in (item.split("=", 1) for item in args.change)}
+    trials = ({name: ("nin_mnist", {**change, **changed}) for name, change in ABLATION.items()} if args.ablation
+              else {model: (model, changed) for model in args.models.split(",")})
     print(f"\n### First {args.steps} steps on {args.set} ({args.seeds} seeds; chance: loss ln(classes))\n")
     print("| network | settings | last epoch's training loss, per seed | left chance | validation accuracy "
           "(mean of runs that did not diverge) | at step | seconds per run |")
@@ -96,7 +101,7 @@ def main() -> None:
                             **change) for seed in range(args.seeds)]
         left = sum(r["loss"] < 0.9 * math.log(r["classes"]) for r in runs)  # NaN (diverged) compares False
         losses = " / ".join("diverged" if math.isnan(r["loss"]) else f"{r['loss']:.2f}" for r in runs)
-        print(f"| {model} | {label if args.ablation else 'defaults'} | {losses} | {left}/{len(runs)} | "
+        print(f"| {model} | {label if args.ablation else (', '.join(args.change) or 'defaults')} | {losses} | {left}/{len(runs)} | "
               f"{_mean(r['accuracy'] for r in runs):.1f}% | {runs[0]['step']} | "
               f"{_mean(r['seconds'] for r in runs):.0f} |", flush=True)
     print(f"\nhardware: {describe_hardware('cpu')}")

@@ -346,6 +346,9 @@ def test_a_100_megapixel_image_is_read_and_the_size_limit_is_one_line(tiny_run, 
     code, _, err = run_cli(["predict", tiny_run, huge, "--device", "cpu"], capsys)
     assert_one_line_error(code, err, "has 12000x8400 pixels, more than the limit of 50,000,000: raise it with "
                                      "NIN_MAX_IMAGE_PIXELS=100800000")
+    monkeypatch.setenv("NIN_MAX_IMAGE_PIXELS", "a lot")
+    code, _, err = run_cli(["predict", tiny_run, huge, "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "NIN_MAX_IMAGE_PIXELS must be a whole number of pixels, got 'a lot'")
 
 
 def test_library_warnings_never_come_above_a_one_line_error(tmp_path, capsys, monkeypatch):

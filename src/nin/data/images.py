@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,16 +31,14 @@ def load_image(path: str | Path, size: int, channels: int) -> torch.Tensor:
     """(channels, size, size) uint8. Palette, alpha and 16-bit images are converted; alpha is dropped."""
     limit = max_image_pixels()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:  # reads the header only: the size is checked before decoding
-                if image.width * image.height > limit:
-                    raise NinError(f"{path} has {image.width}x{image.height} pixels, more than the limit of "
-                                   f"{limit:,}: raise it with NIN_MAX_IMAGE_PIXELS={image.width * image.height}")
-                image.load()
-                image = _to_8bit(image)
-                image = image.convert("L" if channels == 1 else "RGB")
-                image = image.resize((size, size), Image.Resampling.BILINEAR)
+        with Image.open(path) as image:  # reads the header only: the size is checked before decoding
+            if image.width * image.height > limit:
+                raise NinError(f"{path} has {image.width}x{image.height} pixels, more than the limit of "
+                               f"{limit:,}: raise it with NIN_MAX_IMAGE_PIXELS={image.width * image.height}")
+            image.load()
+            image = _to_8bit(image)
+            image = image.convert("L" if channels == 1 else "RGB")
+            image = image.resize((size, size), Image.Resampling.BILINEAR)
     except NinError:
         raise
     except FileNotFoundError:
