@@ -95,9 +95,8 @@ def _reshape(split: Split, size: int | None, channels: int | None) -> Split:
             weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
             images = (images.float() * weights).sum(1, keepdim=True).round().to(torch.uint8)
     if size and size != images.shape[-1]:
-        resized = torch.cat([F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True)
-                             .round().clamp(0, 255).to(torch.uint8) for chunk in images.split(4096)])
-        images = resized
+        images = torch.cat([F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True)
+                            .round().clamp(0, 255).to(torch.uint8) for chunk in images.split(4096)])
     return Split(images.contiguous(), split.labels, split.classes) if images is not split.images else split
 
 
