@@ -48,7 +48,7 @@ def toolkit_run(recipe: str, changes: dict, out: Path) -> list[tuple[float, floa
 
     fit(config, log=log)
     with open(out / "metrics.csv", newline="") as stream:
-        accuracies = [float(row["test_acc"]) for row in csv.DictReader(stream)]
+        accuracies = [float(row["test_acc"] or "nan") for row in csv.DictReader(stream)]  # nan: not evaluated
     return list(zip(epoch_ends, accuracies))
 
 

@@ -74,6 +74,8 @@ def test_a_bad_recipe_file_is_one_line(tmp_path, capsys, folder_data, text, mess
     (["--lr", "0"], "lr must be positive, got 0.0"),
     (["--lr", "inf"], "lr must be positive, got inf"),
     (["--eval-batch-size", "0"], "eval-batch-size must be positive, got 0"),
+    (["--eval-every", "0"], "eval-every must be positive, got 0"),
+    (["--eval-every", "-2"], "eval-every must be positive, got -2"),
     (["--momentum", "-0.9"], "momentum must be zero or more"),
     (["--dropout", "1"], "dropout must be below 1"),
     (["--dropout", "-0.1"], "dropout must be zero or more, got -0.1"),

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from nin.config import TrainConfig, list_recipes, load_recipe
-from nin.defaults import (MAX_EPOCHS, MAX_WARMUP_FRACTION, MIN_STEPS, default_epochs, default_warmup_epochs,
-                          resolve_for_data, resolve_for_model)
+from nin.defaults import (MAX_EPOCHS, MAX_WARMUP_FRACTION, MIN_STEPS, default_epochs, default_eval_every,
+                          default_warmup_epochs, resolve_eval_every, resolve_for_data, resolve_for_model)
 from nin.models import _layer_output, _weight_layers, create_model, fit_init_to_data
 from nin.train import fit, lr_at
 
@@ -63,6 +63,27 @@ def test_the_warm_up_lasts_an_epoch_or_100_steps_whichever_is_longer():
     assert lrs.index(max(lrs)) == 100
     one_epoch = resolve_for_data(TrainConfig(epochs=1), 1_600, log=lambda *_: None)
     assert one_epoch.warmup_epochs == 0.25  # the quarter-of-the-run cap, said as it acts
+
+
+def test_a_run_evaluates_every_epoch_unless_the_test_set_dwarfs_the_training_set():
+    assert default_eval_every(60_000, 10_000) == 1
+    assert default_eval_every(1_600, 400) == 1  # a validation split
+    assert default_eval_every(500, 10_000) == 20  # 68 epochs: evaluated after 20, 40, 60 and 68
+    lines = []
+    config = resolve_eval_every(TrainConfig(epochs=68), 500, 10_000, log=lines.append)
+    assert config.eval_every == 20 and lines == ["10,000 test images for 500 training images: evaluating every 20 "
+                                                 "epochs and after the last (--eval-every sets it)"]
+    assert resolve_eval_every(TrainConfig(epochs=68, eval_every=3), 500, 10_000).eval_every == 3
+
+
+def test_the_epochs_between_evaluations_leave_the_test_columns_empty(tmp_path, fashion_mnist_root):
+    config = TrainConfig(train_subset=64, test_subset=200, epochs=3, batch_size=32, progress=False,
+                         tensorboard=False, device="cpu", out=str(tmp_path / "run"))
+    result = fit(config, log=lambda *_: None)  # 200 test images for 64 training images: every 4 epochs, and the last
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert [(r["test_loss"], r["test_acc"]) for r in rows[:2]] == [("", ""), ("", "")]
+    assert float(rows[2]["test_acc"]) == result["accuracy"] and result["n"] == 200
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["eval_every"] == 4
 
 
 def test_plain_networks_get_clipping_and_the_papers_dropout_batch_norm_twins_neither_unless_given():

@@ -14,7 +14,8 @@ from nin.errors import NinError
 from nin.inference import Trained, load_trained
 from nin.models import create_model
 from nin.train import fit
-from nin.visualize import confidence_maps, true_label, visualize_files
+from nin.rundir import read_metrics
+from nin.visualize import _evaluated, confidence_maps, true_label, visualize_files
 from tiny_run import CLASSES, train_tiny_run, write_folder_dataset
 
 
@@ -117,6 +118,15 @@ def test_plot_draws_the_learning_curves_of_a_run(run, tmp_path, capsys):
     check_png(run / "curves.png", min_width=1000)
     assert main(["plot", str(run / "metrics.csv"), "--out", str(tmp_path / "deep" / "c.png")]) == 0
     check_png(tmp_path / "deep" / "c.png", min_width=1000)
+
+
+def test_plot_draws_the_test_curve_through_the_evaluated_epochs_only(tmp_path):
+    rows = ["1,4,2.0,0.3,,,0.1,1", "2,8,1.5,0.5,,,0.1,1", "3,12,1.2,0.6,1.1,0.62,0.05,1", "4,16,1.0,0.7,0.9,0.7,0,1"]
+    (tmp_path / "metrics.csv").write_text("epoch,step,train_loss,train_acc,test_loss,test_acc,lr,seconds\n"
+                                          + "\n".join(rows) + "\n")  # --eval-every 3: epochs 3 and 4 evaluated
+    assert _evaluated(read_metrics(tmp_path)[1], "test_acc") == ([3.0, 4.0], [0.62, 0.7])
+    assert main(["plot", str(tmp_path)]) == 0
+    check_png(tmp_path / "curves.png", min_width=1000)
 
 
 def test_plot_names_the_file_it_writes_and_refuses_formats_it_cannot(run, tmp_path, capsys):

@@ -66,6 +66,7 @@ class TrainConfig:
     compile: bool = False
     amp: str = "auto"
     eval_batch_size: int = 1024
+    eval_every: int | None = None
     out: str = ""
     progress: bool = True
     tensorboard: bool = True
@@ -114,6 +115,8 @@ HELP: dict[str, str] = {
     "compile": "torch.compile the model",
     "amp": "auto (bf16 on CUDA) | bf16 | off",
     "eval_batch_size": "images per evaluation batch",
+    "eval_every": "evaluate every N epochs and after the last (default: every epoch, or every few when the "
+                  "test images outnumber the training images, so that evaluating stays a small part of the run)",
     "out": "the run folder (empty: runs/RECIPE-OR-DATASET-TIME)",
     "progress": "a progress bar per epoch (only when the output is a terminal)",
     "tensorboard": "TensorBoard scalars in RUN_DIR/tensorboard when tensorboard is installed",
@@ -129,7 +132,7 @@ EVAL_SPLITS = ("test", "val")
 CHOICES = {"schedule": SCHEDULES, "flip": FLIPS, "amp": AMPS, "on_nan": ON_NAN, "preprocess": PREPROCESS_KINDS,
            "eval_split": EVAL_SPLITS}
 METAVARS = {int: "N", float: "X", str: "TEXT"}
-_POSITIVE = ("epochs", "batch_size", "lr", "eval_batch_size")
+_POSITIVE = ("epochs", "batch_size", "lr", "eval_batch_size", "eval_every")
 _NON_NEGATIVE = ("paper_error", "target_error", "momentum", "weight_decay", "label_smoothing", "warmup_epochs",
                  "dropout", "grad_clip", "translate", "train_subset", "test_subset", "image_size", "channels", "seed")
 

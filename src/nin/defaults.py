@@ -65,6 +65,23 @@ def resolve_for_data(config: TrainConfig, train_images: int, log=print) -> Train
     return dataclasses.replace(config, epochs=epochs, batch_size=batch_size, warmup_epochs=warmup)
 
 
+def default_eval_every(train_images: int, test_images: int) -> int:
+    """Every epoch, or every k epochs where k epochs' training images outnumber the test images: evaluating
+    500 training images' run on 10,000 test images after each epoch took ten times the epoch itself."""
+    return max(1, math.ceil(test_images / max(1, train_images)))
+
+
+def resolve_eval_every(config: TrainConfig, train_images: int, test_images: int, log=print) -> TrainConfig:
+    """``eval_every`` left to the run (None) made concrete, and said when it is not every epoch."""
+    if config.eval_every is not None:
+        return config
+    every = default_eval_every(train_images, test_images)
+    if every > 1 and config.epochs > 1:
+        log(f"{test_images:,} test images for {train_images:,} training images: evaluating every {every} epochs "
+            "and after the last (--eval-every sets it)")
+    return dataclasses.replace(config, eval_every=every)
+
+
 def resolve_for_model(config: TrainConfig, plain: bool) -> TrainConfig:
     """The settings left to the run (None) that depend on the network: ``plain`` means without BatchNorm.
     Gradient clipping is on for plain networks, off with BatchNorm; dropout is the paper's 0.5 for plain

@@ -27,7 +27,7 @@ from .data.splits import select_images
 from .data.preprocess import make_preprocess, preprocess_from_state
 from .errors import Interrupted, NinError
 from .evaluate import evaluate, format_report
-from .defaults import MAX_WARMUP_FRACTION, resolve_for_data, resolve_for_model
+from .defaults import MAX_WARMUP_FRACTION, resolve_eval_every, resolve_for_data, resolve_for_model
 from .hardware import autocast, require_memory, resolve_device
 from .models import (create_model, default_cfg, fit_init_to_data, training_step_bytes,
                      variant_has_batch_norm)
@@ -70,6 +70,7 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
     train_images, train_labels = _subset(train.images, train.labels, config.train_subset)
     test_images, test_labels = _subset(test.images, test.labels, config.test_subset)
     config = resolve_for_data(config, len(train_images), log)
+    config = resolve_eval_every(config, len(train_images), len(test_images), log)
     if len(train_images) < config.batch_size:
         raise NinError(f"{len(train_images)} training images are fewer than one batch of {config.batch_size}; "
                        "lower --batch-size")
@@ -325,26 +326,32 @@ class Run:
             raise NonFiniteLoss(f"the loss {what} by step {state.step} (epoch {state.epoch + 1}, "
                                 f"lr {self.optimizer.param_groups[0]['lr']:.4g})")
 
-    def end_epoch(self) -> dict:
-        state = self.state
-        metrics = evaluate(self.evaluator, self.data.test, self.data.classes, amp=self.amp)
-        if not math.isfinite(metrics["loss"]):  # finite weights can still overflow on the test images
-            raise NonFiniteLoss(f"the test loss became non-finite by step {state.step} (epoch {state.epoch + 1})")
+    def end_epoch(self) -> dict | None:
+        """The epoch's row of metrics.csv and its checkpoint; the test metrics when this epoch evaluates
+        (every ``eval_every`` epochs and the last), else None and empty test columns."""
+        state, config = self.state, self.config
+        epoch = state.epoch + 1
+        metrics = None
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            metrics = evaluate(self.evaluator, self.data.test, self.data.classes, amp=self.amp)
+            if not math.isfinite(metrics["loss"]):  # finite weights can still overflow on the test images
+                raise NonFiniteLoss(f"the test loss became non-finite by step {state.step} (epoch {epoch})")
         totals = all_reduce_sum(torch.tensor([state.loss_sum, state.correct, state.seen], dtype=torch.float64,
                                              device=self.device)).tolist()
         train_loss, train_acc = totals[0] / totals[2], totals[1] / totals[2]
-        row = dict(epoch=state.epoch + 1, step=state.step, train_loss=train_loss, train_acc=train_acc,
-                   test_loss=metrics["loss"], test_acc=metrics["accuracy"], lr=self.optimizer.param_groups[0]["lr"],
-                   seconds=state.seconds)
-        self.state = dataclasses.replace(RunState(), epoch=state.epoch + 1, step=state.step,
+        row = dict(epoch=epoch, step=state.step, train_loss=train_loss, train_acc=train_acc,
+                   test_loss=metrics and metrics["loss"], test_acc=metrics and metrics["accuracy"],
+                   lr=self.optimizer.param_groups[0]["lr"], seconds=state.seconds)
+        self.state = dataclasses.replace(RunState(), epoch=epoch, step=state.step,
                                          lr_scale=state.lr_scale, rollbacks=state.rollbacks)
         if self.world.is_main:  # the row first: a crash before the checkpoint only repeats this epoch
             self.folder.append_metrics(row)
         self.save()
         self.tensorboard.log_epoch(row, row["step"])
-        self.log(f"epoch {row['epoch']}/{self.config.epochs}  loss {train_loss:.4f}  train {100 * train_acc:.2f}%  "
-                 f"test {100 * metrics['accuracy']:.2f}%  lr {row['lr']:.4g}  {row['seconds']:.1f}s")
-        _warn_if_stuck(train_loss, len(self.data.classes), row["epoch"], self.config, self.log)
+        tested = f"  test {100 * metrics['accuracy']:.2f}%" if metrics else ""
+        self.log(f"epoch {epoch}/{config.epochs}  loss {train_loss:.4f}  train {100 * train_acc:.2f}%{tested}  "
+                 f"lr {row['lr']:.4g}  {row['seconds']:.1f}s")
+        _warn_if_stuck(train_loss, len(self.data.classes), epoch, config, self.log)
         return metrics
 
     def rollback(self, problem: str) -> None:

@@ -258,6 +258,12 @@ def _figure(width: float, height: float):
 
 # --- learning curves ------------------------------------------------------------------------------------
 
+def _evaluated(rows: list[dict], column: str) -> tuple[list[float], list[float]]:
+    """The epochs that were evaluated (``--eval-every``) and their values of ``column``."""
+    kept = [r for r in rows if not math.isnan(r[column])]
+    return [r["epoch"] for r in kept], [r[column] for r in kept]
+
+
 def plot_curves(run: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Loss (train, test), accuracy (train, test) and learning rate against the epoch, from a run's
     ``metrics.csv``; written to ``out`` (default: ``curves.png`` beside the CSV). Returns the path."""
@@ -273,11 +279,12 @@ def plot_curves(run: str | os.PathLike, out: str | os.PathLike | None = None) ->
     smoothing = float(config.get("label_smoothing") or 0)
     train_note = "train" + (f" (label smoothing {smoothing:g})" if smoothing else "")
     loss.plot(epochs, [r["train_loss"] for r in rows], marker=marker, label=train_note, color="tab:blue")
-    loss.plot(epochs, [r["test_loss"] for r in rows], marker=marker, label="test", color="tab:orange")
+    loss.plot(*_evaluated(rows, "test_loss"), marker=marker, label="test", color="tab:orange")
     loss.set_title("loss (cross-entropy)")
     loss.set_ylim(bottom=0)
     accuracy.plot(epochs, [100 * r["train_acc"] for r in rows], marker=marker, label="train", color="tab:blue")
-    accuracy.plot(epochs, [100 * r["test_acc"] for r in rows], marker=marker, label="test", color="tab:orange")
+    tested_epochs, test_acc = _evaluated(rows, "test_acc")
+    accuracy.plot(tested_epochs, [100 * a for a in test_acc], marker=marker, label="test", color="tab:orange")
     accuracy.set_title("accuracy (%)")
     best = max(range(len(rows)), key=lambda i: -math.inf if math.isnan(rows[i]["test_acc"]) else rows[i]["test_acc"])
     if not math.isnan(rows[best]["test_acc"]):
