@@ -40,6 +40,7 @@ class ModelInfo:
     dataset: str = ""
     extra: dict = field(default_factory=dict, repr=False)  # the rest of the JSON it was read from
     preprocess: dict | None = field(default=None, repr=False)  # the state of a preprocessing other than standardize
+    source: dict | None = field(default=None, repr=False)  # weights converted from elsewhere: where from (nin convert)
 
     def __post_init__(self):
         if self.preprocess is not None and self.preprocess.get("kind", "standardize") == "standardize":
@@ -102,6 +103,8 @@ class ModelInfo:
         }
         if standard:
             config["normalization"] = {"mean": list(self.mean), "std": list(self.std), "scale": "0..1"}
+        if self.source:
+            config["source"] = _jsonable(self.source)
         return config
 
     def _preprocessing_json(self, file_format: str) -> dict:
@@ -127,7 +130,8 @@ class ModelInfo:
                 kwargs["pools"] = tuple(kwargs["pools"])
             given = config["input"]
             return cls(config["model"], kwargs, list(config["classes"]), int(given["size"]), int(given["channels"]),
-                       dataset=config.get("dataset", ""), extra=config, preprocess=_preprocess_from_json(config))
+                       dataset=config.get("dataset", ""), extra=config, preprocess=_preprocess_from_json(config),
+                       source=config.get("source"))
         except (KeyError, TypeError, ValueError) as error:
             raise NinError(f"{where}: incomplete nin export config ({type(error).__name__}: {error})") from None
 

@@ -59,6 +59,23 @@ def get_parser() -> argparse.ArgumentParser:
                         "(default: model beside the checkpoint)")
     export.set_defaults(handler=cmd_export)
 
+    convert = commands.add_parser("convert", help="weights released elsewhere as a nin export (the authors' "
+                                  "Caffe models)")
+    convert.add_argument("source", choices=["caffe"], help="the kind of file: caffe (a .caffemodel)")
+    convert.add_argument("file", metavar="FILE")
+    convert.add_argument("--model", required=True, metavar="{nin_cifar10,nin_imagenet}",
+                         help="the network the file holds")
+    convert.add_argument("--out", required=True, metavar="PATH", help="writes PATH.safetensors (or .onnx, "
+                         ".torchscript.pt) and PATH.json, as nin export does")
+    convert.add_argument("--format", default="safetensors", metavar="{safetensors,onnx,torchscript}")
+    convert.add_argument("--mean", metavar="R,G,B", help="the mean pixel (0..255) the original subtracts "
+                         "(default: the original's, when known)")
+    convert.add_argument("--mean-file", metavar="MEAN.binaryproto", help="Caffe's mean image: its per-channel mean")
+    convert.add_argument("--fit-preprocess", metavar="DATASET", help="fit GCN + ZCA whitening on DATASET's "
+                         "training images instead (the authors' CIFAR-10 preprocessing)")
+    convert.add_argument("--root", help="where that data set lies")
+    convert.set_defaults(handler=cmd_convert)
+
     predict = commands.add_parser("predict", help="top-k classes for image files")
     predict.add_argument("checkpoint", metavar="CHECKPOINT")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
@@ -155,6 +172,27 @@ def cmd_eval(args) -> int:
     if args.report:
         print(f"report: {', '.join(metrics['report'].values())}")
     return 0
+
+
+def cmd_convert(args) -> int:
+    from .convert import convert_caffe
+
+    written = convert_caffe(args.file, args.model, args.out, file_format=args.format, mean=_floats(args.mean, "--mean"),
+                            mean_file=args.mean_file, fit_preprocess=args.fit_preprocess, root=args.root)
+    print(f"wrote {written['model']} and {written['config']} ({args.model} from {args.file})")
+    return 0
+
+
+def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(0 <= v <= 255 for v in values):
+        raise NinError(f"{flag} wants three numbers 0..255 separated by commas (R,G,B), got {text!r}")
+    return values
 
 
 def cmd_export(args) -> int:

@@ -34,6 +34,9 @@ class Trained:
 
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Trained:
+    """A run folder, a checkpoint, or a ``nin export``/``nin convert`` safetensors file (or its JSON)."""
+    if Path(path).suffix in (".safetensors", ".json"):
+        return _trained_from_export(path, device)
     state = load_checkpoint(path)
     try:
         model = create_model(state["model_name"], **state["model_kwargs"])
@@ -46,6 +49,13 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
     return Trained(model, list(state["classes"]), preprocess_from_state(norm), state["input"]["size"],
                    state["input"]["channels"], state["input"]["dataset"], state["config"],
                    state["model_name"], dict(state["model_kwargs"]))
+
+
+def _trained_from_export(path: str | Path, device) -> Trained:
+    model = load(path, device)
+    info = model.info
+    return Trained(model, list(info.classes), info.normalize(), info.size, info.channels, info.dataset, {},
+                   info.name, dict(info.kwargs))
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> NIN:
@@ -74,6 +84,8 @@ def evaluate_trained(trained: Trained, dataset: str | None = None, root: str | N
     ``topk``: also these top-k accuracies; ``tta``: flip test-time augmentation (refused for data sets
     whose class a horizontal flip may change, such as digits)."""
     name = dataset or trained.dataset
+    if not name:
+        raise NinError("the model does not say which data set it was trained on: give --dataset (and --root)")
     if tta:
         check_tta(name)
     if root is None and dataset is None:  # the training data, where training found it

@@ -85,18 +85,24 @@ class NIN(nn.Module):
 
     Shapes for nin_cifar10: (N,3,32,32) -> features1 (N,96,16,16) -> features2 (N,192,8,8)
     -> features3 (N,10,8,8) category confidence maps -> GAP (N,10) logits.
+
+    ``pool_ceil``: None keeps the variant's 3x3/2 pooling; True is Caffe's (no padding, output sizes
+    rounded up: the authors' released networks), False the seed's (padding 1, rounded down). On 32-pixel
+    inputs both give 16x16 maps, from windows one pixel apart.
     """
 
     def __init__(self, arch: Arch, *, num_classes: int | None = None, in_channels: int | None = None,
                  dropout: float = 0.5, pools: tuple[str, ...] | None = None, head: str = "gap",
                  relu_before_gap: bool = True, batch_norm: bool = False, init: str = "kaiming",
-                 fc_width: int | None = None, input_size: int | None = None):
+                 fc_width: int | None = None, input_size: int | None = None, pool_ceil: bool | None = None):
         super().__init__()
         _check_choice("head", head, HEADS)
         _check_choice("init", init, INITS)
         self.num_classes = num_classes or arch.num_classes
         stages = _resolve_stages(arch, self.num_classes, pools, head, fc_width)
         channels = in_channels or arch.in_channels
+        if pool_ceil is not None:  # Caffe's pooling (ceil mode, no padding) or the seed's (padding 1, floor)
+            arch = replace(arch, pool_padding=0 if pool_ceil else 1, pool_ceil=pool_ceil)
         pool_args = dict(kernel_size=3, stride=2, padding=arch.pool_padding, ceil_mode=arch.pool_ceil)
         size = input_size or arch.input_size  # only locally connected layers and FC heads depend on it
         for index, stage in enumerate(stages, start=1):

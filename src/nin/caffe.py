@@ -1,0 +1,189 @@
+"""Reading Caffe's files without Caffe: a ``.caffemodel`` (a NetParameter protobuf) as a list of layers
+with their weights, and a mean ``.binaryproto`` (a BlobProto), from the protobuf wire format.
+
+Caffe's schema (caffe.proto) has three generations of layers, all read here:
+- ``layer`` (field 100, LayerParameter: name 1, type 2 as text, blobs 7), Caffe from 2015 on;
+- ``layers`` (field 2, V1LayerParameter: name 4, type 5 as an enum, blobs 6), the 2014 files, the
+  authors' NIN releases among them;
+- V0, nested in a V1 entry (field 1, V0LayerParameter: name 1, type 2 as text, blobs 50).
+A BlobProto gives its shape as ``shape`` (field 7, BlobShape: dim 1) or the legacy num/channels/height/
+width (fields 1-4), its values as ``data`` (5, float32) or ``double_data`` (8). Pooling parameters
+(PoolingParameter: pool 1, 0 = MAX, 1 = AVE; global_pooling 12) say which pooling each layer does.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import NinError
+
+V1_TYPES = {4: "Convolution", 6: "Dropout", 14: "InnerProduct", 17: "Pooling", 18: "ReLU", 20: "Softmax",
+            21: "SoftmaxWithLoss", 5: "Data", 1: "Accuracy", 15: "LRN", 12: "ImageData"}
+POOL_KINDS = {0: "max", 1: "avg", 2: "stochastic"}
+# where each generation keeps a layer's name, type, blobs and pooling parameters
+LAYER_FIELDS = {"layer": (1, 2, 7, 121), "v1": (4, 5, 6, 19), "v0": (1, 2, 50, None)}
+
+
+@dataclass
+class Layer:
+    name: str
+    type: str
+    blobs: list[np.ndarray] = field(default_factory=list)  # float32, in the blob's own shape
+    pool: str | None = None  # pooling layers: max | avg
+    global_pool: bool = False
+
+
+class WireError(ValueError):
+    pass
+
+
+def read_caffemodel(path: str | os.PathLike) -> list[Layer]:
+    """The layers of a .caffemodel in file order (every generation of Caffe's format)."""
+    data = _read(path)
+    layers = []
+    try:
+        for number, wire, value in _fields(data):
+            if number == 100 and wire == 2:
+                layers.append(_layer(value, "layer"))
+            elif number == 2 and wire == 2:
+                layers.append(_v1_layer(value))
+    except (WireError, UnicodeDecodeError, struct.error) as error:
+        raise NinError(f"{path} is not a readable Caffe model ({error})") from None
+    if not layers:
+        raise NinError(f"{path} holds no Caffe layers: expected a .caffemodel (a NetParameter protobuf)")
+    return layers
+
+
+def read_mean(path: str | os.PathLike) -> np.ndarray:
+    """A mean ``.binaryproto`` (a BlobProto, e.g. Caffe's ilsvrc_2012_mean) as a float32 array (C, H, W)."""
+    try:
+        blob = _blob(_read(path))
+    except (WireError, struct.error) as error:
+        raise NinError(f"{path} is not a readable Caffe mean file ({error})") from None
+    if blob.ndim < 3 or blob.size == 0:
+        raise NinError(f"{path} holds a blob of shape {blob.shape}, not a mean image (channels, height, width)")
+    return blob.reshape(blob.shape[-3:])
+
+
+def _read(path: str | os.PathLike) -> bytes:
+    try:
+        return Path(path).expanduser().read_bytes()
+    except FileNotFoundError:
+        raise NinError(f"no file at {path}") from None
+    except OSError as error:
+        raise NinError(f"cannot read {path} ({error.strerror or error})") from None
+
+
+def _v1_layer(data: bytes) -> Layer:
+    for number, wire, value in _fields(data):
+        if number == 1 and wire == 2:  # a V0 layer inside: the V0 fields hold everything
+            return _layer(value, "v0")
+    return _layer(data, "v1")
+
+
+def _layer(data: bytes, generation: str) -> Layer:
+    name_field, type_field, blobs_field, pooling_field = LAYER_FIELDS[generation]
+    layer = Layer(name="", type="")
+    for number, wire, value in _fields(data):
+        if number == name_field and wire == 2:
+            layer.name = bytes(value).decode()
+        elif number == type_field:
+            layer.type = V1_TYPES.get(value, f"V1 type {value}") if wire == 0 else bytes(value).decode()
+        elif number == blobs_field and wire == 2:
+            layer.blobs.append(_blob(value))
+        elif number == pooling_field and wire == 2:
+            layer.pool, layer.global_pool = _pooling(value)
+    if layer.type.lower() == "pooling" and layer.pool is None:
+        layer.pool = "max"  # PoolingParameter's default
+    return layer
+
+
+def _pooling(data: bytes) -> tuple[str, bool]:
+    kind, global_pool = "max", False
+    for number, wire, value in _fields(data):
+        if number == 1 and wire == 0:
+            kind = POOL_KINDS.get(value, f"kind {value}")
+        elif number == 12 and wire == 0:
+            global_pool = bool(value)
+    return kind, global_pool
+
+
+def _blob(data: bytes) -> np.ndarray:
+    legacy, shape, values = {}, [], []
+    for number, wire, value in _fields(data):
+        if number in (1, 2, 3, 4) and wire == 0:
+            legacy[number] = value
+        elif number == 7 and wire == 2:
+            shape = [dim for n, w, v in _fields(value) if n == 1 for dim in _ints(w, v)]
+        elif number == 5:
+            values.append(_floats(wire, value, "<f4"))
+        elif number == 8:
+            values.append(_floats(wire, value, "<f8"))
+    array = np.concatenate(values).astype(np.float32) if values else np.zeros(0, np.float32)
+    if not shape and legacy:
+        shape = [legacy.get(n, 1) for n in (1, 2, 3, 4)]
+    if not shape:
+        shape = [array.size]
+    if int(np.prod(shape)) != array.size:
+        raise WireError(f"a blob of shape {tuple(shape)} holds {array.size} values")
+    return array.reshape(shape)
+
+
+def _floats(wire: int, value, dtype: str) -> np.ndarray:
+    if wire == 2:  # packed
+        return np.frombuffer(bytes(value), dtype=dtype)
+    size = 4 if dtype == "<f4" else 8
+    return np.frombuffer(value.to_bytes(size, "little"), dtype=dtype)
+
+
+def _ints(wire: int, value) -> list[int]:
+    if wire == 0:
+        return [value]
+    numbers, position = [], 0
+    while position < len(value):
+        number, position = _varint(value, position)
+        numbers.append(number)
+    return numbers
+
+
+def _fields(data):
+    """(field number, wire type, value) of each field of a protobuf message: an int for varints and
+    fixed-width numbers, a memoryview for length-delimited fields."""
+    data, position = memoryview(data), 0
+    while position < len(data):
+        key, position = _varint(data, position)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, position = _varint(data, position)
+        elif wire == 2:
+            length, position = _varint(data, position)
+            if position + length > len(data):
+                raise WireError(f"field {number} runs past the end: the file is truncated")
+            value, position = data[position:position + length], position + length
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            if position + size > len(data):
+                raise WireError("the file is truncated")
+            value, position = int.from_bytes(data[position:position + size], "little"), position + size
+        else:
+            raise WireError(f"wire type {wire} of field {number} is not protobuf's")
+        yield number, wire, value
+
+
+def _varint(data, position: int) -> tuple[int, int]:
+    result, shift = 0, 0
+    while True:
+        if position >= len(data):
+            raise WireError("the file is truncated")
+        byte = data[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, position
+        shift += 7
+        if shift > 63:
+            raise WireError("a varint is longer than 10 bytes")

@@ -1,0 +1,127 @@
+"""`nin convert caffe`: the authors' Caffe models (files written here in Caffe's own format, random
+weights) become nin exports that compute what Caffe computes, checked against a forward pass written
+from the Caffe layer definitions (tests/caffe_files.py)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import nin
+from caffe_files import (NIN_CIFAR10, NIN_IMAGENET, caffe_forward, mean_binaryproto, random_blobs,
+                         write_caffemodel)
+from nin.caffe import read_caffemodel
+from nin.cli import main
+from nin.convert import ILSVRC_MEAN_BGR
+
+CIFAR_MEAN_RGB = (125.3, 123.0, 113.9)
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, message):
+    assert code == 2 and err.startswith("nin: error: ") and message in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def rgb_images(count: int, size: int) -> torch.Tensor:
+    return torch.randint(0, 256, (count, 3, size, size), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+
+
+def converted_logits(path, images: torch.Tensor) -> torch.Tensor:
+    model = nin.load(path)
+    with torch.no_grad():
+        return model(model.info.normalize()(images)).double()
+
+
+@pytest.mark.parametrize("generation", ["v1", "new"])
+def test_the_authors_cifar10_network_computes_what_caffe_computes(generation, tmp_path, capsys):
+    blobs = random_blobs(NIN_CIFAR10, 3)
+    write_caffemodel(tmp_path / "cifar10_nin.caffemodel", NIN_CIFAR10, blobs, generation)
+    code, out, _ = run(["convert", "caffe", tmp_path / "cifar10_nin.caffemodel", "--model", "nin_cifar10",
+                        "--out", tmp_path / "nin", "--mean", ",".join(map(str, CIFAR_MEAN_RGB))], capsys)
+    assert code == 0 and out.startswith(f"wrote {tmp_path / 'nin.safetensors'}")
+
+    images = rgb_images(4, 32)  # this original reads RGB, the order of its pylearn2 arrays
+    reference = caffe_forward(NIN_CIFAR10, blobs, images, CIFAR_MEAN_RGB)
+    assert (converted_logits(tmp_path / "nin.safetensors", images) - reference).abs().max() < 1e-5 * reference.abs().max()
+    config = json.loads((tmp_path / "nin.json").read_text())
+    assert config["model_kwargs"]["pools"] == ["max", "avg"] and config["model_kwargs"]["pool_ceil"] is True
+    assert config["classes"][0] == "airplane" and config["source"]["reported_test_accuracy"] == 89.6
+
+
+def test_the_authors_imagenet_network_reads_bgr_minus_the_ilsvrc_mean(tmp_path, capsys):
+    blobs = random_blobs(NIN_IMAGENET, 3)
+    write_caffemodel(tmp_path / "nin_imagenet.caffemodel", NIN_IMAGENET, blobs, "new")
+    assert run(["convert", "caffe", tmp_path / "nin_imagenet.caffemodel", "--model", "nin_imagenet",
+                "--out", tmp_path / "imagenet"], capsys)[0] == 0
+
+    images = rgb_images(2, 224)
+    reference = caffe_forward(NIN_IMAGENET, blobs, images.flip(1), ILSVRC_MEAN_BGR)  # Caffe is fed BGR
+    logits = converted_logits(tmp_path / "imagenet.json", images)
+    assert (logits - reference).abs().max() < 1e-5 * reference.abs().max()
+    config = json.loads((tmp_path / "imagenet.json").read_text())
+    assert len(config["classes"]) == 1000 and config["classes"][0] == "tench"
+
+
+def test_a_converted_model_predicts_and_exports_to_onnx(tmp_path, capsys):
+    blobs = random_blobs(NIN_CIFAR10, 3)
+    write_caffemodel(tmp_path / "c.caffemodel", NIN_CIFAR10, blobs)
+    mean_file = tmp_path / "mean.binaryproto"
+    mean_file.write_bytes(mean_binaryproto(CIFAR_MEAN_RGB[::-1]))
+    assert run(["convert", "caffe", tmp_path / "c.caffemodel", "--model", "nin_cifar10", "--out", tmp_path / "m",
+                "--mean-file", mean_file], capsys)[0] == 0
+    assert nin.load(tmp_path / "m.safetensors").info.mean == pytest.approx([m / 255 for m in CIFAR_MEAN_RGB])
+
+    Image.fromarray(np.asarray(rgb_images(1, 32)[0].permute(1, 2, 0))).save(tmp_path / "photo.png")
+    code, out, _ = run(["predict", tmp_path / "m.safetensors", tmp_path / "photo.png", "--topk", "2"], capsys)
+    assert code == 0 and "photo.png" in out
+    code, out, _ = run(["convert", "caffe", tmp_path / "c.caffemodel", "--model", "nin_cifar10", "--out",
+                        tmp_path / "onnx", "--mean", "120,120,120", "--format", "onnx"], capsys)
+    assert code == 0 and (tmp_path / "onnx.onnx").is_file()  # checked with onnxruntime as nin export does
+
+
+def test_pooling_kinds_come_from_the_file_when_it_has_them(tmp_path):
+    spec = [NIN_CIFAR10[0], (*NIN_CIFAR10[1][:5], ("max", 3, 2)), NIN_CIFAR10[2]]  # the seed's max pooling
+    write_caffemodel(tmp_path / "max.caffemodel", spec, random_blobs(spec, 3))
+    from nin.convert import convert_caffe
+
+    convert_caffe(tmp_path / "max.caffemodel", "nin_cifar10", tmp_path / "max", mean=(0, 0, 0))
+    assert json.loads((tmp_path / "max.json").read_text())["model_kwargs"]["pools"] == ["max", "max"]
+    layers = read_caffemodel(tmp_path / "max.caffemodel")
+    assert [layer.name for layer in layers if layer.blobs][:2] == ["conv1", "cccp1-1"]
+
+
+def test_bad_caffe_files_and_options_are_one_line(tmp_path, capsys):
+    blobs = random_blobs(NIN_CIFAR10, 3)
+    good = tmp_path / "cifar10.caffemodel"
+    write_caffemodel(good, NIN_CIFAR10, blobs)
+    (tmp_path / "half.caffemodel").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (tmp_path / "text.caffemodel").write_text("name: 'not a binary model'\n")
+    wide = [(name, [arrays[0][:, :, :3, :3], arrays[1]]) if name == "conv2" else (name, arrays)
+            for name, arrays in blobs]
+    write_caffemodel(tmp_path / "wide.caffemodel", NIN_CIFAR10, wide)
+    convert = ["convert", "caffe"]
+    cases = [
+        ([tmp_path / "half.caffemodel", "--model", "nin_cifar10", "--mean", "1,2,3"], "the file is truncated"),
+        ([tmp_path / "text.caffemodel", "--model", "nin_cifar10", "--mean", "1,2,3"], "not a readable Caffe model"),
+        ([tmp_path / "missing.caffemodel", "--model", "nin_cifar10", "--mean", "1,2,3"], "no file at"),
+        ([good, "--model", "nin_imagenet"], "has 9 layers with weights (conv1, cccp1-1, cccp1-2, conv2...), "
+                                            "nin_imagenet has 12 convolutions: not a nin_imagenet model"),
+        ([good, "--model", "nin_mnist", "--mean", "1,2,3"], "no Caffe original is known for 'nin_mnist'"),
+        ([good, "--model", "nin_cifar10"], "preprocessing is not in its .caffemodel: give --mean"),
+        ([good, "--model", "nin_cifar10", "--mean", "1,2"], "--mean wants three numbers 0..255"),
+        ([good, "--model", "nin_cifar10", "--mean", "a,b,c"], "--mean wants three numbers 0..255"),
+        ([good, "--model", "nin_cifar10", "--mean", "1,2,3", "--format", "pdf"], "pdf"),
+        ([tmp_path / "wide.caffemodel", "--model", "nin_cifar10", "--mean", "1,2,3"],
+         "layer 'conv2' has a blob of shape (192, 96, 3, 3), the model expects (192, 96, 5, 5)"),
+    ]
+    for argv, message in cases:
+        code, _, err = run([*convert, *argv, "--out", tmp_path / "out"], capsys)
+        assert_one_line_error(code, err, message)
+    assert not list(tmp_path.glob("out.*"))
