@@ -13,7 +13,7 @@ from caffe_files import (NIN_CIFAR10, NIN_IMAGENET, caffe_forward, mean_binarypr
                          write_caffemodel)
 from nin.caffe import read_caffemodel
 from nin.cli import main
-from nin.convert import ILSVRC_MEAN_BGR
+from nin.convert import ILSVRC_MEAN_BGR, PYTORCHCV_MEAN, PYTORCHCV_STD
 
 CIFAR_MEAN_RGB = (125.3, 123.0, 113.9)
 
@@ -124,4 +124,85 @@ def test_bad_caffe_files_and_options_are_one_line(tmp_path, capsys):
     for argv, message in cases:
         code, _, err = run([*convert, *argv, "--out", tmp_path / "out"], capsys)
         assert_one_line_error(code, err, message)
+    assert not list(tmp_path.glob("out.*"))
+
+
+def pytorchcv_logits(model, images: torch.Tensor) -> torch.Tensor:
+    """pytorchcv's own model on its own input: pixels / 255 standardised with imgclsmob's CIFAR numbers."""
+    mean, std = torch.tensor(PYTORCHCV_MEAN).view(1, 3, 1, 1), torch.tensor(PYTORCHCV_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return model.eval()((images / 255 - mean) / std).double()
+
+
+@pytest.mark.parametrize("name, original, classes", [
+    ("nin_cifar10", "pytorchcv:nin_cifar10", 10),
+    ("nin_cifar100", None, 100),  # recognised from its 100 class maps
+    ("nin_svhn", "pytorchcv:nin_svhn", 10),  # NIN-CIFAR's widths: only --original tells it from nin_cifar10
+])
+def test_pytorchcv_weights_compute_what_pytorchcv_computes(name, original, classes, tmp_path, capsys):
+    from pytorchcv.models import nin_cifar
+
+    torch.manual_seed(0)
+    theirs = getattr(nin_cifar, name)()
+    torch.save(theirs.state_dict(), tmp_path / f"{name}.pth")
+    flags = ["--original", original] if original else []
+    code, out, _ = run(["convert", "torch", tmp_path / f"{name}.pth", "--out", tmp_path / name, *flags], capsys)
+    assert code == 0 and "osmr/imgclsmob" in out
+
+    images = rgb_images(4, 32)
+    reference = pytorchcv_logits(theirs, images)
+    assert (converted_logits(tmp_path / f"{name}.safetensors", images) - reference).abs().max() < 1e-5
+    assert len(nin.load(tmp_path / f"{name}.safetensors").info.classes) == classes
+
+
+def neural_style_nin() -> torch.nn.Sequential:
+    """neural-style-pt's NIN layout (nin_imagenet.pth): the Caffe network as one Sequential."""
+    nn = torch.nn
+    layers, channels = [], 3
+    for index, (kernel, stride, pad, widths) in enumerate([(11, 4, 0, (96, 96, 96)), (5, 1, 2, (256, 256, 256)),
+                                                           (3, 1, 1, (384, 384, 384)), (3, 1, 1, (1024, 1024, 1000))]):
+        if index == 3:
+            layers.append(nn.Dropout(0.5))
+        for position, width in enumerate(widths):
+            layers += [nn.Conv2d(channels, width, kernel if position == 0 else 1, stride if position == 0 else 1,
+                                 pad if position == 0 else 0), nn.ReLU(inplace=True)]
+            channels = width
+        layers.append(nn.MaxPool2d(3, 2, ceil_mode=True) if index < 3 else nn.AvgPool2d(6, 1, ceil_mode=True))
+    return nn.Sequential(*layers, nn.Flatten())
+
+
+def test_neural_style_nin_imagenet_is_recognised_and_reads_rgb(tmp_path, capsys):
+    torch.manual_seed(0)
+    theirs = neural_style_nin().eval()
+    torch.save(theirs.state_dict(), tmp_path / "nin_imagenet.pth")
+    assert run(["convert", "torch", tmp_path / "nin_imagenet.pth", "--out", tmp_path / "ns"], capsys)[0] == 0
+    images = rgb_images(2, 224)
+    bgr = images.flip(1).float() - torch.tensor(ILSVRC_MEAN_BGR).view(1, 3, 1, 1).float()
+    with torch.no_grad():
+        reference = theirs(bgr).double()
+    assert (converted_logits(tmp_path / "ns.safetensors", images) - reference).abs().max() < 1e-5 * reference.abs().max()
+
+
+def test_other_state_dicts_and_wrong_options_are_one_line(tmp_path, capsys):
+    from pytorchcv.models import nin_cifar
+    from torchvision.models import resnet18
+
+    torch.save(resnet18().state_dict(), tmp_path / "resnet.pth")
+    torch.save(nin_cifar.nin_cifar10().state_dict(), tmp_path / "cifar.pth")
+    (tmp_path / "text.pth").write_text("not a state dict")
+    cases = [
+        ([tmp_path / "resnet.pth"], "not a known NIN port"),
+        ([tmp_path / "text.pth"], "is not a readable PyTorch state dict"),
+        ([tmp_path / "cifar.pth"], "has the layers of pytorchcv:nin_cifar10 and pytorchcv:nin_svhn: say which with "
+                                   "--original"),
+        ([tmp_path / "cifar.pth", "--original", "timm:nin"], "no PyTorch original is known for 'timm:nin'"),
+        ([tmp_path / "cifar.pth", "--original", "pytorchcv:nin_cifar100"], "cifar.pth: layer 'output.final_conv"
+         ".conv' has a blob of shape (10, 192, 1, 1), the model expects (100, 192, 1, 1)"),
+        ([tmp_path / "cifar.pth", "--mean", "1,2,3"], "--mean is for Caffe files"),
+    ]
+    for argv, message in cases:
+        code, _, err = run(["convert", "torch", *argv, "--out", tmp_path / "out"], capsys)
+        assert_one_line_error(code, err, message)
+    code, _, err = run(["convert", "caffe", tmp_path / "cifar.pth", "--out", tmp_path / "out"], capsys)
+    assert_one_line_error(code, err, "nin convert caffe needs --model")
     assert not list(tmp_path.glob("out.*"))

@@ -60,11 +60,13 @@ def get_parser() -> argparse.ArgumentParser:
     export.set_defaults(handler=cmd_export)
 
     convert = commands.add_parser("convert", help="weights released elsewhere as a nin export (the authors' "
-                                  "Caffe models)")
-    convert.add_argument("source", choices=["caffe"], help="the kind of file: caffe (a .caffemodel)")
+                                  "Caffe models, pytorchcv, neural-style)")
+    convert.add_argument("source", choices=["caffe", "torch"],
+                         help="caffe: a .caffemodel; torch: a PyTorch state dict (.pth) of a known NIN port")
     convert.add_argument("file", metavar="FILE")
-    convert.add_argument("--model", required=True, metavar="{nin_cifar10,nin_imagenet}",
-                         help="the network the file holds")
+    convert.add_argument("--model", metavar="{nin_cifar10,nin_imagenet}", help="caffe: the network the file holds")
+    convert.add_argument("--original", metavar="NAME", help="torch: pytorchcv:nin_cifar10, pytorchcv:nin_cifar100, "
+                         "pytorchcv:nin_svhn or neural-style:nin_imagenet (default: recognised from the shapes)")
     convert.add_argument("--out", required=True, metavar="PATH", help="writes PATH.safetensors (or .onnx, "
                          ".torchscript.pt) and PATH.json, as nin export does")
     convert.add_argument("--format", default="safetensors", metavar="{safetensors,onnx,torchscript}")
@@ -175,11 +177,25 @@ def cmd_eval(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from .convert import convert_caffe
+    from .convert import convert_caffe, convert_torch
 
-    written = convert_caffe(args.file, args.model, args.out, file_format=args.format, mean=_floats(args.mean, "--mean"),
-                            mean_file=args.mean_file, fit_preprocess=args.fit_preprocess, root=args.root)
-    print(f"wrote {written['model']} and {written['config']} ({args.model} from {args.file})")
+    if args.source == "torch":
+        unused = [flag for flag in ("model", "mean", "mean_file", "fit_preprocess") if getattr(args, flag)]
+        if unused:
+            raise NinError(f"--{unused[0].replace('_', '-')} is for Caffe files; a PyTorch port's preprocessing "
+                           "is known (--original names the port)")
+        written = convert_torch(args.file, args.out, original=args.original, file_format=args.format)
+    else:
+        if not args.model:
+            raise NinError("nin convert caffe needs --model nin_cifar10 or --model nin_imagenet")
+        if args.original:
+            raise NinError("--original names a PyTorch port (nin convert torch); a Caffe file needs --model")
+        written = convert_caffe(args.file, args.model, args.out, file_format=args.format,
+                                mean=_floats(args.mean, "--mean"), mean_file=args.mean_file,
+                                fit_preprocess=args.fit_preprocess, root=args.root)
+    config = json.loads(written["config"].read_text())
+    print(f"wrote {written['model']} and {written['config']} ({config['model']} from {args.file}: "
+          f"{config['source']['released_by']})")
     return 0
 
 
