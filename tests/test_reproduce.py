@@ -82,3 +82,28 @@ def test_every_best_known_recipe_trains_a_few_steps(paper_data, fashion_mnist_ro
         assert (tmp_path / name / name / "seed0" / "checkpoint.pt").is_file()
     results = (tmp_path / "svhn-best-bn" / "results.md").read_text()
     assert "| svhn-best-bn | best-known recipe: the error to beat | SVHN | 2.35% |" in results
+
+
+def test_what_a_recipe_is_for_lives_in_its_paper_table_not_in_the_run_config(tmp_path, capsys):
+    from nin.config import TrainConfig, read_recipe
+
+    recipe = read_recipe("table5-gap")
+    assert recipe.paper == "Table 5: CIFAR-10, mlpconv + global average pooling" and recipe.paper_error == 10.41
+    assert recipe.config.model == "nin_cifar10" and "paper" not in TrainConfig.__dataclass_fields__
+    with pytest.raises(SystemExit) as stopped:  # reporting fields are no longer flags
+        main(["train", "--paper-error", "3"])
+    assert stopped.value.code == 2 and "unrecognized arguments: --paper-error 3" in capsys.readouterr().err
+    older = tmp_path / "mine.toml"  # a recipe written before the [paper] table: still read
+    older.write_text('description = "mine"\npaper = "Table 4: MNIST"\npaper_error = 0.47\nepochs = 2\n')
+    assert (read_recipe(str(older)).paper_error, read_recipe(str(older)).config.epochs) == (0.47, 2)
+
+
+@pytest.mark.parametrize("table, message", [
+    ('[paper]\nrows = "Table 1"\n', "unknown key 'rows' in [paper]; known keys: description, row, error"),
+    ('[paper]\nerror = "ten"\n', "[paper] paper_error must be a number of percent, got 'ten'"),
+])
+def test_a_bad_paper_table_is_one_line(table, message, tmp_path, capsys):
+    (tmp_path / "r.toml").write_text("epochs = 1\n" + table)
+    assert main(["train", "--recipe", str(tmp_path / "r.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nin: error: recipe ") and message in err and err.count("\n") == 1

@@ -11,7 +11,7 @@ import sys
 import warnings
 
 from .version import __version__
-from .config import add_arguments, list_recipes, load_recipe, overrides_from_args, from_dict
+from .config import add_arguments, list_recipes, load_recipe, overrides_from_args, from_dict, read_recipe
 from .errors import Interrupted, NinError
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: the run stopped cleanly and can be resumed
@@ -301,7 +301,7 @@ def cmd_models(args) -> int:
 
 def cmd_recipes(args) -> int:
     for name in list_recipes():
-        recipe = load_recipe(name)
+        recipe = read_recipe(name)
         print(f"{name:24s} {recipe.model:16s} {recipe.dataset:14s} {recipe.epochs:4d} epochs  {recipe.description}")
     return 0
 

@@ -22,10 +22,6 @@ from .errors import NinError
 class TrainConfig:
     """Every setting of a run; ``HELP`` says what each one means (it is also the flag's help)."""
     recipe: str = ""
-    description: str = ""
-    paper: str = ""
-    paper_error: float = 0.0
-    target_error: float = 0.0
     # model
     model: str = "nin_mnist_bn"
     dropout: float | None = None
@@ -74,10 +70,6 @@ class TrainConfig:
 
 HELP: dict[str, str] = {
     "recipe": "a shipped recipe (nin recipes) or a .toml file; flags given beside it override its fields",
-    "description": "a line saying what the run is for (recipes)",
-    "paper": "the row of the paper a recipe reproduces, e.g. 'Table 1: CIFAR-10, dropout'",
-    "paper_error": "that row's test error in percent",
-    "target_error": "best-known recipes: the best public NIN test error (percent) they aim to beat",
     "model": "the network (nin models lists them)",
     "dropout": "dropout after the mlpconv stages (default: the paper's 0.5 without BatchNorm, 0.3 with it)",
     "init": "kaiming (robust) | gaussian (the authors' std 0.05) | torch (PyTorch's defaults)",
@@ -133,7 +125,7 @@ CHOICES = {"schedule": SCHEDULES, "flip": FLIPS, "amp": AMPS, "on_nan": ON_NAN, 
            "eval_split": EVAL_SPLITS}
 METAVARS = {int: "N", float: "X", str: "TEXT"}
 _POSITIVE = ("epochs", "batch_size", "lr", "eval_batch_size", "eval_every")
-_NON_NEGATIVE = ("paper_error", "target_error", "momentum", "weight_decay", "label_smoothing", "warmup_epochs",
+_NON_NEGATIVE = ("momentum", "weight_decay", "label_smoothing", "warmup_epochs",
                  "dropout", "grad_clip", "translate", "train_subset", "test_subset", "image_size", "channels", "seed")
 
 
@@ -215,8 +207,43 @@ def list_recipes() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """A recipe file: the run it trains (``config``) and, from its ``[paper]`` table, what it is for: a
+    line of description, the row of the paper it reproduces and that row's test error in percent, or
+    (best-known recipes) the best public NIN error it aims to beat. The table is not part of
+    TrainConfig, so it is neither a flag nor in a run's config."""
+    name: str
+    config: TrainConfig
+    description: str = ""
+    paper: str = ""
+    paper_error: float = 0.0
+    target_error: float = 0.0
+
+    @property
+    def model(self) -> str:
+        return self.config.model
+
+    @property
+    def dataset(self) -> str:
+        return self.config.dataset
+
+    @property
+    def epochs(self) -> int | None:
+        return self.config.epochs
+
+
+PAPER_KEYS = {"description": "description", "row": "paper", "error": "paper_error", "target_error": "target_error"}
+RETIRED_FIELDS = ("description", "paper", "paper_error", "target_error")  # TrainConfig fields before the [paper] table
+
+
 def load_recipe(name_or_path: str) -> TrainConfig:
-    """A shipped recipe by name, or a TOML file by path."""
+    """A shipped recipe by name, or a TOML file by path: the run it trains."""
+    return read_recipe(name_or_path).config
+
+
+def read_recipe(name_or_path: str) -> Recipe:
+    """A shipped recipe by name, or a TOML file by path, with its ``[paper]`` table."""
     path = Path(name_or_path)
     if path.suffix == ".toml" and path.is_file():
         text, name = _read_recipe_file(path), path.stem
@@ -231,7 +258,31 @@ def load_recipe(name_or_path: str) -> TrainConfig:
         values = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise NinError(f"recipe {name_or_path}: not valid TOML ({error})") from None
-    return from_dict({"recipe": name, **values}, source=f"recipe {name_or_path}")
+    about = _paper_table(values, f"recipe {name_or_path}")
+    return Recipe(name, from_dict({"recipe": name, **values}, source=f"recipe {name_or_path}"), **about)
+
+
+def _paper_table(values: dict, source: str) -> dict:
+    """Pop the ``[paper]`` table (and the same keys at the top level, as recipes wrote them before it)."""
+    table = values.pop("paper", {})
+    if not isinstance(table, dict):  # an older recipe: paper = "Table 1: ..." at the top level
+        table = {"row": table}
+    for key in ("description", "paper_error", "target_error"):
+        if key in values:
+            table["error" if key == "paper_error" else key] = values.pop(key)
+    unknown = sorted(set(table) - set(PAPER_KEYS))
+    if unknown:
+        raise NinError(f"{source}: unknown key {unknown[0]!r} in [paper]; known keys: {', '.join(PAPER_KEYS)}")
+    about = {PAPER_KEYS[key]: value for key, value in table.items()}
+    for key in ("paper_error", "target_error"):
+        if not isinstance(about.get(key, 0.0), (int, float)) or about.get(key, 0.0) < 0:
+            raise NinError(f"{source}: [paper] {key} must be a number of percent, got {about[key]!r}")
+    return about
+
+
+def without_retired_fields(saved: dict) -> dict:
+    """A run config saved before the [paper] table existed, without the fields TrainConfig no longer has."""
+    return {key: value for key, value in saved.items() if key not in RETIRED_FIELDS}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,6 @@
 """``nin reproduce TARGET``: run the recipes of the paper's rows and write ``results.md``.
 
-A row is a recipe with a ``paper`` field (``table1-dropout``, ``table5-gap``, ``sec4.6-fc``...); a
+A row is a recipe whose ``[paper]`` table names a row (``table1-dropout``, ``table5-gap``, ``sec4.6-fc``...); a
 target is a row, a group (``table1`` ... ``table5``, ``sec4.6``, ``fig3``) or ``all``. Every data set
 the rows need is checked before any training starts.
 """
@@ -11,7 +11,7 @@ import statistics
 import time
 from pathlib import Path
 
-from .config import TrainConfig, from_dict, list_recipes, load_recipe
+from .config import Recipe, TrainConfig, from_dict, list_recipes, read_recipe
 from .data import dataset_info
 from .data.splits import select_images
 from .errors import NinError
@@ -21,24 +21,24 @@ from .hardware import describe_hardware
 GROUPS = ("table1", "table2", "table3", "table4", "table5", "sec4.6", "fig3")  # the paper's order
 
 
-def paper_rows() -> dict[str, TrainConfig]:
+def paper_rows() -> dict[str, Recipe]:
     """Every recipe that reproduces a row of the paper, by name, in the paper's order."""
     return dict(_shipped_rows()[0])
 
 
-def best_rows() -> dict[str, TrainConfig]:
+def best_rows() -> dict[str, Recipe]:
     """The best-known recipes (a ``target_error`` to beat: the best public NIN number), by name."""
     return dict(_shipped_rows()[1])
 
 
-def all_rows() -> dict[str, TrainConfig]:
+def all_rows() -> dict[str, Recipe]:
     return {**paper_rows(), **best_rows()}
 
 
 @functools.lru_cache(maxsize=1)
-def _shipped_rows() -> tuple[tuple[tuple[str, TrainConfig], ...], tuple[tuple[str, TrainConfig], ...]]:
+def _shipped_rows() -> tuple[tuple[tuple[str, Recipe], ...], tuple[tuple[str, Recipe], ...]]:
     """The shipped recipes are read once per process (configs are never mutated: from_dict copies)."""
-    recipes = {name: load_recipe(name) for name in list_recipes()}
+    recipes = {name: read_recipe(name) for name in list_recipes()}
     paper = sorted(((name, r) for name, r in recipes.items() if r.paper),
                    key=lambda item: (GROUPS.index(_group(item[0])), item[0]))
     best = sorted((name, r) for name, r in recipes.items() if r.target_error)
@@ -66,7 +66,7 @@ def select_rows(target: str) -> list[str]:
     return chosen
 
 
-def reference(recipe: TrainConfig) -> tuple[str, float]:
+def reference(recipe: Recipe) -> tuple[str, float]:
     """What a row is compared with: the paper's setting and error, or the best public NIN error."""
     if recipe.paper:
         return recipe.paper, recipe.paper_error
@@ -86,7 +86,7 @@ def row_config(row: str, seed: int, out: Path, overrides: dict) -> TrainConfig:
     changes = {**overrides, "seed": seed, "out": str(out / row / f"seed{seed}"), "progress": False}
     if overrides.get("dataset", recipe.dataset) != recipe.dataset:
         changes["train_split"] = "train"  # another data set's own training split (no SVHN extra)
-    return from_dict(changes, base=recipe, source=f"reproduce {row}")
+    return from_dict(changes, base=recipe.config, source=f"reproduce {row}")
 
 
 def check_data(configs: list[TrainConfig]) -> None:
@@ -129,9 +129,9 @@ def _write_results(path: Path, results: list, overrides: dict) -> None:
     for row, config, runs in results:
         errors = [100 * error for error, _, _ in runs]
         spread = statistics.stdev(errors) if len(errors) > 1 else 0.0
-        recipe_dataset = all_rows()[row].dataset
-        note = "" if config.dataset == recipe_dataset else f" (recipe: {recipe_dataset})"
-        setting, error = reference(config)
+        recipe = all_rows()[row]
+        note = "" if config.dataset == recipe.dataset else f" (recipe: {recipe.dataset})"
+        setting, error = reference(recipe)
         lines.append(f"| {row} | {setting} | {dataset_info(config.dataset).title}{note} | "
                      f"{error:.2f}% | {statistics.mean(errors):.2f} ± {spread:.2f}% | {len(runs)} | "
                      f"{config.epochs} | {statistics.mean(t for _, t, _ in runs) / 60:.1f} min | "

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from .config import TrainConfig, from_dict, validate
+from .config import TrainConfig, from_dict, validate, without_retired_fields
 from .data import DeviceLoader, dataset_info
 from .data.splits import select_images
 from .data.preprocess import make_preprocess, preprocess_from_state
@@ -457,7 +457,7 @@ RESUME_OVERRIDES = ("epochs", "device", "progress")
 def resume_config(run: str, overrides: dict) -> TrainConfig:
     """The config a run was started with; only ``epochs``, ``device`` and ``progress`` may change."""
     saved = ckpt.load_checkpoint(run)
-    config = from_dict(saved["config"], source="checkpoint config")
+    config = from_dict(without_retired_fields(saved["config"]), source="checkpoint config")
     refused = sorted(set(overrides) - set(RESUME_OVERRIDES))
     if refused:
         raise NinError(f"--resume continues a run with its own settings; only --epochs, --device and "
