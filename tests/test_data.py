@@ -243,6 +243,43 @@ def test_idx_label_count_must_match_image_count(tmp_path):
         load_dataset("mnist", tmp_path, "train", cache=False)
 
 
+# --- the registry: one entry per data set ---------------------------------------------------------
+
+def test_each_data_set_is_one_entry_and_no_code_tells_data_sets_apart_by_name():
+    import ast
+    import inspect
+
+    from nin.data import DATASETS, datasets, splits
+
+    for name, entry in DATASETS.items():
+        assert entry.name == name and entry.title and entry.get and entry.splits[:2] == ("train", "test")
+        assert entry.channels in (1, 3) and (entry.size is None or entry.size > 0) and callable(entry.validation)
+        assert entry.load is not None or all(map(callable, (entry.files, entry.parse, entry.download)))
+    names = set(DATASETS)
+    for module in (datasets, splits):
+        for node in ast.walk(ast.parse(inspect.getsource(module))):
+            # `name == "folder"`, `name in ("cifar10", ...)`, a dict keyed by names (LAST_N), DATASETS["svhn"]
+            parts = ([node.left, *node.comparators] if isinstance(node, ast.Compare) else node.keys
+                     if isinstance(node, ast.Dict) else [node.slice] if isinstance(node, ast.Subscript) else [])
+            used = {n.value for part in parts if part for n in ast.walk(part) if isinstance(n, ast.Constant)}
+            assert not used & names, f"{module.__name__} line {node.lineno} tells data sets apart: {used & names}"
+
+
+def test_each_entrys_validation_rule_holds_out_the_documented_images():
+    from nin.data import DATASETS
+
+    labels = torch.arange(50_000) % 10
+    for name in ("cifar10", "cifar100", "mnist", "fashion-mnist"):  # the last 10,000 training images
+        held_out = DATASETS[name].validation("train", labels, 10)
+        assert held_out.nonzero().flatten().tolist() == list(range(40_000, 50_000))
+    svhn = DATASETS["svhn"].validation  # the first 400 per class of train, 200 of extra
+    train, extra = svhn("train", labels[:25_000], 10), svhn("extra", labels[:30_000], 10)
+    assert train.nonzero().flatten().tolist() == list(range(4000))
+    assert extra.nonzero().flatten().tolist() == list(range(2000))
+    folder = DATASETS["folder"].validation("train", torch.tensor([0] * 10 + [1] * 5), 2)  # the last fifth per class
+    assert folder.nonzero().flatten().tolist() == [8, 9, 14]
+
+
 # --- names, splits and missing files --------------------------------------------------------------
 
 def test_unknown_data_set_name_raises(tmp_path):

@@ -92,7 +92,7 @@ def row_config(row: str, seed: int, out: Path, overrides: dict) -> TrainConfig:
 def check_data(configs: list[TrainConfig]) -> None:
     """Stop before any training when a data set is missing (the error names it and how to get it)."""
     for dataset, root, split, evaluated in sorted({(c.dataset, c.root, c.train_split, c.eval_split) for c in configs}):
-        if dataset != "folder":  # a folder's images are decoded at the run's size: its run checks them
+        if dataset_info(dataset).size is not None:  # a folder is decoded at the run's size: its run checks it
             select_images(dataset, root or None, split, evaluated)
 
 

@@ -58,7 +58,7 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
     the checkpoint's, so that a resumed run applies exactly the same transform."""
     info = dataset_info(config.dataset)
     model_cfg = default_cfg(config.model)
-    size = config.image_size or (info.size if config.dataset != "folder" else model_cfg.input_size)
+    size = config.image_size or info.size or model_cfg.input_size  # no size of its own: the model's
     channels = config.channels or info.channels
     if config.translate >= size:
         raise NinError(f"--translate {config.translate} shifts images of {size} pixels out of view: "

@@ -1,6 +1,10 @@
 """Data sets as tensors: ``load_dataset(name, root, split)`` -> uint8 images (N, C, H, W), int64
 labels (N,), class names.
 
+Each data set is one ``DataSet`` entry of ``DATASETS`` (at the end of this file): its files, parser,
+download, validation split, classes, size, channels, title and how to get it. Adding a data set is
+adding one entry; no function here or in ``splits.py`` tells data sets apart by name.
+
 Files are found where torchvision keeps them, so an existing torchvision ``root`` works as it is;
 torchvision's own classes download (and checksum) a missing set when ``download=True``. Parsing
 is ours (``readers.py``) because torchvision's CIFAR reader unpickles without restriction.
@@ -10,8 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -23,6 +29,10 @@ from . import readers
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+FOLDER_SIZE = 32  # an image folder's size when none is asked for (nin data folder): CIFAR's
+DIGITS = [str(d) for d in range(10)]
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
 class Split(NamedTuple):
@@ -31,36 +41,26 @@ class Split(NamedTuple):
     classes: list[str]
 
 
-class Info(NamedTuple):
+@dataclass(frozen=True)
+class DataSet:
+    """One data set: what it is, where its files are and how they are read, and which of its training
+    images the paper's validation split holds out (``splits.paper_validation`` applies the rule)."""
     name: str
     title: str
     splits: tuple[str, ...]
     channels: int
-    size: int
+    size: int | None  # pixels per side; None: any size, decoded at the size asked for (a run: its model's input)
     flip: bool  # horizontal flips preserve the class (never for digits)
-    get: str  # how to obtain it
+    get: str  # how to obtain it, told when it is missing
+    validation: Callable[[str, torch.Tensor, int], torch.Tensor]  # (split, labels, classes) -> held-out mask
+    files: Callable[[Path, str], list[Path]] | None = None  # (root, split) -> the files read, in order
+    parse: Callable[[list[Path]], Split] | None = None  # those files -> the split
+    download: Callable[[Path, str], object] | None = None  # (root, split) -> the files fetched into root
+    system_root: Path | None = None  # where a system package installs it: the root when none is given
+    load: Callable[..., Split] | None = None  # its own loader in place of files, parse and download
 
 
-DATASETS: dict[str, Info] = {
-    "cifar10": Info("cifar10", "CIFAR-10", ("train", "test"), 3, 32, True,
-                    "nin data cifar10 --root DIR --download"),
-    "cifar100": Info("cifar100", "CIFAR-100", ("train", "test"), 3, 32, True,
-                     "nin data cifar100 --root DIR --download"),
-    "svhn": Info("svhn", "SVHN", ("train", "test", "extra"), 3, 32, False,
-                 "nin data svhn --root DIR --download"),
-    "mnist": Info("mnist", "MNIST", ("train", "test"), 1, 28, False,
-                  "nin data mnist --root DIR --download"),
-    "fashion-mnist": Info("fashion-mnist", "Fashion-MNIST", ("train", "test"), 1, 28, True,
-                          "apt-get install dataset-fashion-mnist, or nin data fashion-mnist --root DIR --download"),
-    "folder": Info("folder", "image folder", ("train", "test"), 3, 32, True,
-                   "make ROOT/train/CLASS/*.png and ROOT/test/CLASS/*.png"),
-}
-MNIST_CLASSES = [str(d) for d in range(10)]
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-
-
-def dataset_info(name: str) -> Info:
+def dataset_info(name: str) -> DataSet:
     if name not in DATASETS:
         raise NinError(f"unknown data set {name!r}: expected one of {', '.join(DATASETS)}")
     return DATASETS[name]
@@ -73,13 +73,38 @@ def load_dataset(name: str, root: str | os.PathLike | None, split: str, *, downl
     info = dataset_info(name)
     if split not in info.splits:
         raise NinError(f"{info.title} has no split {split!r}: expected one of {', '.join(info.splits)}")
-    if name == "folder":
-        return _load_folder(root, split, image_size or info.size, channels or info.channels, cache)
-    root_path = _resolve_root(name, root)
+    if info.load is not None:  # decoded at the asked size and channels, so it is cached per size
+        return info.load(root, split, image_size, channels or info.channels, cache)
+    root_path = _resolve_root(info, root)
     if download:
-        _download(name, root_path, split)
-    files = _source_files(name, root_path, split)
-    return _reshape(_cached(files, (name, split), lambda: _parse(name, files), cache), image_size, channels)
+        _download(info, root_path, split)
+    files = _require(info, root_path, info.files(root_path, split))
+    return _reshape(_cached(files, (name, split), lambda: info.parse(files), cache), image_size, channels)
+
+
+def _resolve_root(info: DataSet, root) -> Path:
+    if root is not None:
+        return Path(root).expanduser()
+    if info.system_root is not None and info.system_root.is_dir():
+        return info.system_root
+    return Path(os.environ.get("NIN_DATA", "data")).expanduser()
+
+
+def _require(info: DataSet, root: Path, files: list[Path]) -> list[Path]:
+    """The files, or a clear error naming the first missing one and how to get the data set."""
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise NinError(f"{info.title} not found under {root}: missing {missing[0]}"
+                       f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}; get it with: {info.get}")
+    return files
+
+
+def _download(info: DataSet, root: Path, split: str) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        info.download(root, split)
+    except (OSError, RuntimeError) as error:
+        raise NinError(f"could not download {info.title} into {root}: {error}") from None
 
 
 def _reshape(split: Split, size: int | None, channels: int | None) -> Split:
@@ -100,35 +125,48 @@ def _reshape(split: Split, size: int | None, channels: int | None) -> Split:
     return Split(images.contiguous(), split.labels, split.classes) if images is not split.images else split
 
 
-def _resolve_root(name: str, root) -> Path:
-    if root is not None:
-        return Path(root).expanduser()
-    if name == "fashion-mnist" and FASHION_MNIST_SYSTEM_DIR.is_dir():
-        return FASHION_MNIST_SYSTEM_DIR
-    return Path(os.environ.get("NIN_DATA", "data")).expanduser()
+HELD_BYTES_PER_PIXEL = 5  # the uint8 images, and a float32 copy while the preprocessing is fitted to them
 
 
-def _source_files(name: str, root: Path, split: str) -> list[Path]:
-    """The files one split is read from, in order; a clear error when any is missing."""
-    if name in ("cifar10", "cifar100"):
-        folder = root / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
-        if name == "cifar10":
-            names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-            names.append("batches.meta")
-        else:
-            names = [split, "meta"]
-        return _require(name, root, [folder / n for n in names])
-    if name == "svhn":
-        return _require(name, root, [root / f"{split}_32x32.mat"])
+def _require_pixels(count: int, channels: int, size: int) -> None:
+    require_memory(count * channels * size * size * HELD_BYTES_PER_PIXEL, torch.device("cpu"),
+                   f"{count:,} images of {channels}x{size}x{size} pixels", "lower --image-size")
+
+
+# --- file formats: where a split's files are, and how they are parsed --------------------------------
+
+def _cifar_files(folder: str, batches: dict[str, list[str]], meta: str, root: Path, split: str) -> list[Path]:
+    """The split's pickled batches, then the file of class names last."""
+    return [root / folder / name for name in (*batches[split], meta)]
+
+
+def _parse_cifar(label_key: str, names_key: str, files: list[Path]) -> Split:
+    """CIFAR-10 and -100 share the format; they differ in the keys of labels and class names."""
+    parts = [readers.cifar_batch(f, label_key) for f in files[:-1]]
+    classes = readers.cifar_meta(files[-1], names_key)
+    images, labels = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return _checked(files[0], images, labels, classes)
+
+
+def _svhn_files(root: Path, split: str) -> list[Path]:
+    return [root / f"{split}_32x32.mat"]
+
+
+def _parse_svhn(files: list[Path]) -> Split:
+    images, labels = readers.read_svhn_mat(files[0])
+    return _checked(files[0], images, labels, DIGITS)
+
+
+def _idx_files(folder: str, root: Path, split: str) -> list[Path]:
+    """torchvision's layout first (ROOT/MNIST/raw), then the files directly in ROOT (Debian's layout),
+    each plain or gzipped; torchvision's paths when neither holds them, for the error to name."""
     prefix = "train" if split == "train" else "t10k"
     stems = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
-    sub = "MNIST" if name == "mnist" else "FashionMNIST"
-    # torchvision's layout first (ROOT/MNIST/raw), then the files directly in ROOT (Debian's layout)
-    for folder in (root / sub / "raw", root):
-        found = [_first_existing(folder, stem) for stem in stems]
+    for place in (root / folder / "raw", root):
+        found = [_first_existing(place, stem) for stem in stems]
         if all(found):
             return found
-    return _require(name, root, [root / sub / "raw" / stem for stem in stems])
+    return [root / folder / "raw" / stem for stem in stems]
 
 
 def _first_existing(folder: Path, stem: str) -> Path | None:
@@ -138,70 +176,76 @@ def _first_existing(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _require(name: str, root: Path, files: list[Path]) -> list[Path]:
-    missing = [f for f in files if not f.is_file()]
-    if missing:
-        info = DATASETS[name]
-        raise NinError(f"{info.title} not found under {root}: missing {missing[0]}"
-                       f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}; get it with: {info.get}")
-    return files
+def _parse_idx(classes: list[str], files: list[Path]) -> Split:
+    """MNIST and Fashion-MNIST share the IDX format (images and labels in two files); they differ in
+    their class names."""
+    images = readers.read_idx(files[0], ndim=3)[:, None]
+    labels = readers.read_idx(files[1], ndim=1).astype(np.int64)
+    if len(labels) != len(images):
+        raise NinError(f"{files[1]} holds {len(labels)} labels for {len(images)} images in {files[0]}")
+    return _checked(files[1], images, labels, classes)
 
 
-def _parse(name: str, files: list[Path]) -> Split:
-    if name in ("cifar10", "cifar100"):
-        label_key = "labels" if name == "cifar10" else "fine_labels"
-        names_key = "label_names" if name == "cifar10" else "fine_label_names"
-        parts = [readers.cifar_batch(f, label_key) for f in files[:-1]]
-        classes = readers.cifar_meta(files[-1], names_key)
-        images, labels = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    elif name == "svhn":
-        images, labels = readers.read_svhn_mat(files[0])
-        classes = MNIST_CLASSES
-    else:
-        images = readers.read_idx(files[0], ndim=3)[:, None]
-        labels = readers.read_idx(files[1], ndim=1).astype(np.int64)
-        classes = MNIST_CLASSES if name == "mnist" else FASHION_CLASSES
-        if len(labels) != len(images):
-            raise NinError(f"{files[1]} holds {len(labels)} labels for {len(images)} images in {files[0]}")
-    label_file = files[1] if name in ("mnist", "fashion-mnist") else files[0]  # IDX keeps labels apart
-    _check_labels(label_file, labels, len(classes))
+def _checked(label_file: Path, images: np.ndarray, labels: np.ndarray, classes: list[str]) -> Split:
+    """The split, once its labels are known to name its classes (the error names the file holding them)."""
+    if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise NinError(f"{label_file}: labels must lie in 0..{len(classes) - 1}, "
+                       f"found {labels.min()}..{labels.max()}")
     return Split(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels), classes)
 
 
-def _check_labels(path: Path, labels: np.ndarray, num_classes: int) -> None:
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise NinError(f"{path}: labels must lie in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}")
+def _torchvision(class_name: str, by_split_name: bool = False) -> Callable[[Path, str], object]:
+    """A download by torchvision's class, which fetches the files into the layout read above and verifies
+    their checksums. SVHN's class takes the split's name, the others train=True or False."""
+    def download(root: Path, split: str):
+        from torchvision import datasets as tv
+
+        which = {"split": split} if by_split_name else {"train": split == "train"}
+        return getattr(tv, class_name)(str(root), download=True, **which)
+    return download
 
 
-def _download(name: str, root: Path, split: str) -> None:
-    """torchvision's classes fetch the files into the layout read above and verify their checksums."""
-    from torchvision import datasets as tv
+# --- the paper's validation splits: (split, labels, number of classes) -> the images held out ----------
+# A small set (the test fixtures, a subset) keeps its rule scaled down: never more than a fifth of the
+# images (or of a class) goes to validation, so training always keeps the larger part.
 
-    root.mkdir(parents=True, exist_ok=True)
-    try:
-        if name == "svhn":
-            tv.SVHN(str(root), split=split, download=True)
-        else:
-            cls = {"cifar10": tv.CIFAR10, "cifar100": tv.CIFAR100, "mnist": tv.MNIST,
-                   "fashion-mnist": tv.FashionMNIST}[name]
-            cls(str(root), train=split == "train", download=True)
-    except (OSError, RuntimeError) as error:
-        raise NinError(f"could not download {DATASETS[name].title} into {root}: {error}") from None
+def _last_images(count: int, split: str, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The last ``count`` images (CIFAR: the paper tunes on the last 10,000, then retrains on all 50,000)."""
+    mask = torch.zeros(len(labels), dtype=torch.bool)
+    count = min(count, len(labels) // 5)
+    if count:
+        mask[len(labels) - count:] = True
+    return mask
 
 
-HELD_BYTES_PER_PIXEL = 5  # the uint8 images, and a float32 copy while the preprocessing is fitted to them
+def _first_per_class(per_split: dict[str, int], split: str, labels: torch.Tensor,
+                     num_classes: int) -> torch.Tensor:
+    """The first ``per_split[split]`` images of each class, in file order, so that the split is the same
+    on every machine (SVHN: Goodfellow et al.'s 400 per class of train and 200 of extra)."""
+    mask = torch.zeros(len(labels), dtype=torch.bool)
+    for cls in range(num_classes):
+        rows = (labels == cls).nonzero().flatten()
+        mask[rows[:min(per_split.get(split, 0), len(rows) // 5)]] = True
+    return mask
 
 
-def _require_pixels(count: int, channels: int, size: int) -> None:
-    require_memory(count * channels * size * size * HELD_BYTES_PER_PIXEL, torch.device("cpu"),
-                   f"{count:,} images of {channels}x{size}x{size} pixels", "lower --image-size")
+def _last_fifth_per_class(split: str, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The last fifth of each class (an image folder: the last by file name)."""
+    mask = torch.zeros(len(labels), dtype=torch.bool)
+    for cls in range(num_classes):
+        rows = (labels == cls).nonzero().flatten()
+        count = len(rows) // 5
+        if count:
+            mask[rows[len(rows) - count:]] = True
+    return mask
 
 
-# --- image folders --------------------------------------------------------------------------------
+# --- image folders ----------------------------------------------------------------------------------
 
-def _load_folder(root, split: str, size: int, channels: int, cache: bool) -> Split:
+def _load_folder(root, split: str, size: int | None, channels: int, cache: bool) -> Split:
     if root is None:
         raise NinError("the folder data set needs --root DIR holding train/CLASS/*.png and test/CLASS/*.png")
+    size = size or FOLDER_SIZE
     split_dir = Path(root).expanduser() / split
     classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir()) if split_dir.is_dir() else []
     if not classes:
@@ -261,3 +305,37 @@ def _cached(files: list[Path], key: tuple, parse, enabled: bool) -> Split:
     except OSError:
         pass  # a read-only or full cache only costs speed
     return split
+
+
+# --- the registry: one entry per data set ------------------------------------------------------------
+
+def _download_cmd(name: str) -> str:
+    return f"nin data {name} --root DIR --download"
+
+
+DATASETS: dict[str, DataSet] = {entry.name: entry for entry in [
+    DataSet("cifar10", "CIFAR-10", ("train", "test"), 3, 32, True, _download_cmd("cifar10"),
+            validation=partial(_last_images, 10_000),
+            files=partial(_cifar_files, "cifar-10-batches-py",
+                          {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}, "batches.meta"),
+            parse=partial(_parse_cifar, "labels", "label_names"), download=_torchvision("CIFAR10")),
+    DataSet("cifar100", "CIFAR-100", ("train", "test"), 3, 32, True, _download_cmd("cifar100"),
+            validation=partial(_last_images, 10_000),
+            files=partial(_cifar_files, "cifar-100-python", {"train": ["train"], "test": ["test"]}, "meta"),
+            parse=partial(_parse_cifar, "fine_labels", "fine_label_names"), download=_torchvision("CIFAR100")),
+    DataSet("svhn", "SVHN", ("train", "test", "extra"), 3, 32, False, _download_cmd("svhn"),
+            # the rest of train + extra (about 598,000 images) is for training
+            validation=partial(_first_per_class, {"train": 400, "extra": 200}),
+            files=_svhn_files, parse=_parse_svhn, download=_torchvision("SVHN", by_split_name=True)),
+    DataSet("mnist", "MNIST", ("train", "test"), 1, 28, False, _download_cmd("mnist"),
+            validation=partial(_last_images, 10_000),  # as for CIFAR
+            files=partial(_idx_files, "MNIST"), parse=partial(_parse_idx, DIGITS), download=_torchvision("MNIST")),
+    DataSet("fashion-mnist", "Fashion-MNIST", ("train", "test"), 1, 28, True,
+            f"apt-get install dataset-fashion-mnist, or {_download_cmd('fashion-mnist')}",
+            validation=partial(_last_images, 10_000),
+            files=partial(_idx_files, "FashionMNIST"), parse=partial(_parse_idx, FASHION_CLASSES),
+            download=_torchvision("FashionMNIST"), system_root=FASHION_MNIST_SYSTEM_DIR),
+    DataSet("folder", "image folder", ("train", "test"), 3, None, True,
+            "make ROOT/train/CLASS/*.png and ROOT/test/CLASS/*.png",
+            validation=_last_fifth_per_class, load=_load_folder),
+]}

@@ -1,26 +1,16 @@
 """Which images a run trains on and is evaluated on (``select_images``: the one place train, eval and
 reproduce decide it), and the paper's validation splits, carved out of the training images (the test
-set is never touched):
-
-- CIFAR-10/100: the last 10,000 training images (the paper tunes on them, then retrains on all 50,000).
-- SVHN: 400 images per class from ``train`` and 200 per class from ``extra`` (Goodfellow et al.'s split,
-  which the paper follows); the rest of train + extra (about 598,000 images) is for training. We take
-  the first images of each class in file order, so the split is the same on every machine.
-- MNIST and Fashion-MNIST: the last 10,000 training images, as for CIFAR.
-- An image folder: the last fifth of each class (sorted by file name).
-
-A small set (the test fixtures, a subset) keeps the same rule scaled down: never more than a fifth of
-the images (or of a class) goes to validation, so training always keeps the larger part.
+set is never touched). Each data set's entry in ``datasets.DATASETS`` names its rule, and why: the last
+10,000 training images of CIFAR-10/100 and (Fashion-)MNIST, the first 400 images per class of SVHN's
+``train`` and 200 of its ``extra``, the last fifth of each class of an image folder; a small set keeps
+its rule scaled down, never more than a fifth of the images (or of a class).
 """
 from __future__ import annotations
 
 import torch
 
 from ..errors import NinError
-from .datasets import Split, load_dataset
-
-LAST_N = {"cifar10": 10_000, "cifar100": 10_000, "mnist": 10_000, "fashion-mnist": 10_000}
-SVHN_PER_CLASS = {"train": 400, "extra": 200}
+from .datasets import Split, dataset_info, load_dataset
 
 
 def select_images(dataset: str, root, train_split: str = "train", eval_split: str = "test", *,
@@ -53,49 +43,17 @@ def _join(parts: list[Split]) -> Split:
 
 def paper_validation(dataset: str, parts: dict[str, Split]) -> tuple[Split, Split]:
     """Split the training part(s) ``{split name: Split}`` into (training, validation)."""
-    names = list(parts)
-    classes = parts[names[0]].classes
+    held_out_of = dataset_info(dataset).validation  # (split name, labels, number of classes) -> mask
+    classes = next(iter(parts.values())).classes
     train_masks, val_masks = [], []
-    for name in names:
-        labels = parts[name].labels
-        held_out = _held_out(dataset, name, labels, len(classes))
+    for name, part in parts.items():
+        held_out = held_out_of(name, part.labels, len(classes))
         train_masks.append(~held_out)
         val_masks.append(held_out)
     if not any(bool(mask.any()) for mask in val_masks):
         raise NinError(f"{sum(len(p.labels) for p in parts.values())} training images are too few to hold out "
                        "a validation split: use the test set (--eval-split test)")
     return _select(parts, train_masks, classes), _select(parts, val_masks, classes)
-
-
-def _held_out(dataset: str, split: str, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """A boolean mask of the images of one split that go to validation."""
-    if dataset == "svhn":
-        return _first_per_class(labels, num_classes, SVHN_PER_CLASS.get(split, 0))
-    if dataset in LAST_N:
-        mask = torch.zeros(len(labels), dtype=torch.bool)
-        count = min(LAST_N[dataset], len(labels) // 5)
-        if count:
-            mask[len(labels) - count:] = True
-        return mask
-    return _last_fifth_per_class(labels, num_classes)
-
-
-def _first_per_class(labels: torch.Tensor, num_classes: int, per_class: int) -> torch.Tensor:
-    mask = torch.zeros(len(labels), dtype=torch.bool)
-    for cls in range(num_classes):
-        rows = (labels == cls).nonzero().flatten()
-        mask[rows[:min(per_class, len(rows) // 5)]] = True
-    return mask
-
-
-def _last_fifth_per_class(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    mask = torch.zeros(len(labels), dtype=torch.bool)
-    for cls in range(num_classes):
-        rows = (labels == cls).nonzero().flatten()
-        count = len(rows) // 5
-        if count:
-            mask[rows[len(rows) - count:]] = True
-    return mask
 
 
 def _select(parts: dict[str, Split], masks: list[torch.Tensor], classes: list[str]) -> Split:
