@@ -48,7 +48,7 @@ class ModelInfo:
             self.std = list(self.preprocess["std"] if self.std is None else self.std)
             self.preprocess = None
         if self.preprocess is not None:
-            _check_kind(self.preprocess.get("kind"))
+            _preprocessing().check_kind(self.preprocess.get("kind"))
         elif self.mean is None or self.std is None or len(self.mean) != self.channels or len(self.std) != self.channels:
             raise NinError(f"normalisation has {_count(self.mean)} means and {_count(self.std)} stds "
                            f"for {self.channels} channels")
@@ -175,12 +175,6 @@ def _preprocess_from_json(config: dict) -> dict | None:
 
 def _count(values) -> int:
     return 0 if values is None else len(values)
-
-
-def _check_kind(kind) -> None:
-    kinds = _preprocessing().KINDS
-    if kind not in kinds:
-        raise NinError(f"unknown preprocessing {kind!r}: expected one of {', '.join(kinds)}")
 
 
 def _preprocessing():

@@ -119,7 +119,7 @@ SCHEDULES = ("cosine", "linear", "step", "constant")
 FLIPS = ("auto", "yes", "no")
 AMPS = ("auto", "bf16", "off")
 ON_NAN = ("stop", "rollback")
-PREPROCESS_KINDS = ("standardize", "gcn_zca", "lcn")  # nin.data.preprocess.KINDS
+PREPROCESS_KINDS = ("standardize", "gcn_zca", "lcn")  # nin.data.preprocess builds them (its KINDS)
 EVAL_SPLITS = ("test", "val")
 CHOICES = {"schedule": SCHEDULES, "flip": FLIPS, "amp": AMPS, "on_nan": ON_NAN, "preprocess": PREPROCESS_KINDS,
            "eval_split": EVAL_SPLITS}

@@ -47,7 +47,7 @@ class Data:
     train: DeviceLoader
     test: DeviceLoader
     classes: list[str]
-    normalize: object  # a fitted preprocessing (nin.data.preprocess): uint8 batch -> float batch
+    preprocess: object  # a fitted preprocessing (nin.data.preprocess): uint8 batch -> float batch
     channels: int
     size: int
 
@@ -74,15 +74,15 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
     if len(train_images) < config.batch_size:
         raise NinError(f"{len(train_images)} training images are fewer than one batch of {config.batch_size}; "
                        "lower --batch-size")
-    normalize = (preprocess_from_state(preprocess_state) if preprocess_state is not None
+    preprocess = (preprocess_from_state(preprocess_state) if preprocess_state is not None
                  else make_preprocess(config.preprocess, train_images))  # fitted on the training images only
     flip = info.flip if config.flip == "auto" else config.flip == "yes"
     common = dict(device=device, channels_last=config.channels_last, rank=world.rank, world_size=world.size)
     batch_size = local_batch_size(config.batch_size, world)  # each process takes its share of a global batch
-    train_loader = DeviceLoader(train_images, train_labels, normalize, batch_size=batch_size, train=True,
+    train_loader = DeviceLoader(train_images, train_labels, preprocess, batch_size=batch_size, train=True,
                                 translate=config.translate, flip=flip, seed=config.seed, **common)
-    test_loader = DeviceLoader(test_images, test_labels, normalize, batch_size=config.eval_batch_size, **common)
-    return Data(config, train_loader, test_loader, train.classes, normalize, int(train_images.shape[1]),
+    test_loader = DeviceLoader(test_images, test_labels, preprocess, batch_size=config.eval_batch_size, **common)
+    return Data(config, train_loader, test_loader, train.classes, preprocess, int(train_images.shape[1]),
                 int(train_images.shape[2]))
 
 
@@ -99,7 +99,7 @@ def init_batch(loader: DeviceLoader, seed: int, count: int = 256) -> torch.Tenso
     """A fixed draw of training images (spread over the set, which may be sorted by class), preprocessed
     as training batches are, for the data-dependent initialisation."""
     rows = torch.randperm(len(loader.images), generator=torch.Generator().manual_seed(seed))[:count]
-    images = loader.normalize(loader.images[rows.to(loader.images.device)])
+    images = loader.preprocess(loader.images[rows.to(loader.images.device)])
     return images.contiguous(memory_format=torch.channels_last) if loader.channels_last else images
 
 
@@ -380,7 +380,7 @@ class Run:
                 "optimizer": self.optimizer.state_dict(), "epoch": self.state.epoch, "step": self.state.step,
                 "state": dataclasses.asdict(self.state), "rng": ckpt.capture_rng(),
                 "config": dataclasses.asdict(config), "classes": data.classes,
-                "normalization": data.normalize.state_dict(),
+                "normalization": data.preprocess.state_dict(),  # the key's name from the first format
                 "input": {"size": data.size, "channels": data.channels, "dataset": config.dataset},
             }, path)
         except OSError as error:

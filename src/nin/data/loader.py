@@ -6,59 +6,23 @@ done as tensor operations on the device. The order and the augmentation of an ep
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Callable, Iterator
 
 import torch
 
 
-class Normalize:
-    """Per-channel (x - mean) / std with mean and std on the 0..1 scale; fitted on training images."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
-        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
-        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    @classmethod
-    def fit(cls, images: torch.Tensor, chunk: int = 8192) -> "Normalize":
-        channels = images.shape[1]
-        total = torch.zeros(channels, dtype=torch.float64)
-        squares = torch.zeros(channels, dtype=torch.float64)
-        for start in range(0, len(images), chunk):  # chunked: a float copy of SVHN would be 7 GB
-            part = images[start:start + chunk].to(torch.float64) / 255.0
-            total += part.sum(dim=(0, 2, 3))
-            squares += (part * part).sum(dim=(0, 2, 3))
-        count = images.numel() / channels
-        mean = total / count
-        std = (squares / count - mean * mean).clamp_min(1e-12).sqrt()
-        return cls(mean.tolist(), std.tolist())
-
-    def __call__(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        mean, scale = self._constants(images_uint8.device)
-        return (images_uint8.float() - mean) * scale
-
-    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, 1/std) on the 0..255 scale, made once per device: no host-to-device copy per batch."""
-        if device not in self._on_device:
-            shape = (1, -1, 1, 1)
-            mean = torch.tensor(self.mean, device=device).view(shape) * 255.0
-            scale = 1.0 / (torch.tensor(self.std, device=device).view(shape) * 255.0)
-            self._on_device[device] = (mean, scale)
-        return self._on_device[device]
-
-    def state_dict(self) -> dict:
-        return {"mean": self.mean, "std": self.std}
-
-
 class DeviceLoader:
-    """Yields (normalised float images, labels) batches; shuffles and augments when ``train``."""
+    """Yields (preprocessed float images, labels) batches; shuffles and augments when ``train``.
+    ``preprocess``: a fitted preprocessing of ``nin.data.preprocess`` (uint8 batch -> float batch)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, normalize: Normalize, *,
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, preprocess: Callable[[torch.Tensor], torch.Tensor],
+                 *,
                  batch_size: int, train: bool = False, translate: int = 0, flip: bool = False,
                  seed: int = 0, device: str | torch.device = "cpu", channels_last: bool = False,
                  rank: int = 0, world_size: int = 1):
         self.images = images.to(device)
         self.labels = labels.to(device)
-        self.normalize = normalize
+        self.preprocess = preprocess
         self.batch_size, self.train = batch_size, train
         self.translate, self.flip = translate if train else 0, flip and train
         self.seed, self.epoch = seed, 0
@@ -92,7 +56,7 @@ class DeviceLoader:
             if self.flip:
                 mask = flips[rows_slice(index, self.batch_size, len(rows))].view(-1, 1, 1, 1)
                 batch = torch.where(mask, batch.flip(3), batch)
-            batch = self.normalize(batch)
+            batch = self.preprocess(batch)
             if self.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             yield batch, self.labels[rows]

@@ -17,6 +17,11 @@ and ``to_module()`` (an ``nn.Module`` computing the same function with its tenso
 exports that put the preprocessing inside the model). ``make_preprocess(kind, images)`` and
 ``preprocess_from_state(state)`` are the factories; the latter also reads the ``{"mean", "std"}``
 state of a plain ``Normalize`` (every checkpoint written so far).
+
+This module is the one home of preprocessing, and "preprocess" its name inside the package. Three public
+names keep the spelling they were released with, so that code and files written for them keep working:
+a trained model's ``Trained.normalize`` and ``ModelInfo.normalize()`` (its fitted preprocessing), and the
+``"normalization"`` key of checkpoints and of standardize exports' JSON.
 """
 from __future__ import annotations
 
@@ -26,10 +31,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..config import PREPROCESS_KINDS as KINDS
 from ..errors import NinError
-from .loader import Normalize
-
-KINDS = ("standardize", "gcn_zca", "lcn")
 
 # The ZCA matrix is (D, D) and its covariance is accumulated in float64: D = 12,288 (3x64x64) is already a
 # 1.2 GB covariance and a minutes-long eigendecomposition; beyond that whitening the whole image is not sensible.
@@ -43,6 +46,44 @@ def _check_images(images: torch.Tensor, what: str) -> None:
 
 
 # --- standardisation (the toolkit's default) --------------------------------------------------------
+
+class Normalize:
+    """Per-channel (x - mean) / std with mean and std on the 0..1 scale; fitted on training images."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def fit(cls, images: torch.Tensor, chunk: int = 8192) -> "Normalize":
+        channels = images.shape[1]
+        total = torch.zeros(channels, dtype=torch.float64)
+        squares = torch.zeros(channels, dtype=torch.float64)
+        for start in range(0, len(images), chunk):  # chunked: a float copy of SVHN would be 7 GB
+            part = images[start:start + chunk].to(torch.float64) / 255.0
+            total += part.sum(dim=(0, 2, 3))
+            squares += (part * part).sum(dim=(0, 2, 3))
+        count = images.numel() / channels
+        mean = total / count
+        std = (squares / count - mean * mean).clamp_min(1e-12).sqrt()
+        return cls(mean.tolist(), std.tolist())
+
+    def __call__(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        mean, scale = self._constants(images_uint8.device)
+        return (images_uint8.float() - mean) * scale
+
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, 1/std) on the 0..255 scale, made once per device: no host-to-device copy per batch."""
+        if device not in self._on_device:
+            shape = (1, -1, 1, 1)
+            mean = torch.tensor(self.mean, device=device).view(shape) * 255.0
+            scale = 1.0 / (torch.tensor(self.std, device=device).view(shape) * 255.0)
+            self._on_device[device] = (mean, scale)
+        return self._on_device[device]
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean, "std": self.std}
+
 
 class Standardize(Normalize):
     """Per-channel ``(pixels / 255 - mean) / std``, mean and std fitted on the training images: exactly
@@ -325,7 +366,7 @@ class _LcnModule(nn.Module):
 _CLASSES = {"standardize": Standardize, "gcn_zca": GcnZca, "lcn": Lcn}
 
 
-def _check_kind(kind) -> type:
+def check_kind(kind) -> type:
     if kind not in _CLASSES:
         raise NinError(f"unknown preprocessing {kind!r}: expected one of {', '.join(KINDS)}")
     return _CLASSES[kind]
@@ -334,7 +375,7 @@ def _check_kind(kind) -> type:
 def make_preprocess(kind: str, images: torch.Tensor, **settings):
     """Fit the preprocessing ``kind`` (standardize | gcn_zca | lcn) on the training images (uint8 N,C,H,W);
     ``settings`` go to its ``fit`` (e.g. ``filter_bias=0.1``, ``chunk=``, ``device=`` for gcn_zca)."""
-    return _check_kind(kind).fit(images, **settings)
+    return check_kind(kind).fit(images, **settings)
 
 
 def preprocess_from_state(state: dict):
@@ -344,6 +385,6 @@ def preprocess_from_state(state: dict):
         raise NinError(f"a preprocessing state is a dict, got {type(state).__name__}")
     kind = state.get("kind", "standardize")
     try:
-        return _check_kind(kind).from_state(state)
+        return check_kind(kind).from_state(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise NinError(f"incomplete {kind} preprocessing state ({type(error).__name__}: {error})") from None
