@@ -11,7 +11,8 @@ import sys
 import warnings
 
 from .version import __version__
-from .config import add_arguments, list_recipes, load_recipe, overrides_from_args, from_dict, read_recipe
+from .config import (REPRODUCE_FIELDS, add_arguments, from_dict, list_recipes, load_recipe, overrides_from_args,
+                     read_recipe)
 from .errors import Interrupted, NinError
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: the run stopped cleanly and can be resumed
@@ -117,13 +118,7 @@ def get_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--list", action="store_true", help="print every row with its paper number")
     reproduce.add_argument("--seeds", type=int, default=1)
     reproduce.add_argument("--out", default="reproduce", help="where the runs and results.md go")
-    reproduce.add_argument("--dataset", help="run the rows on another data set (e.g. fashion-mnist)")
-    reproduce.add_argument("--root", help="where the data sets lie")
-    reproduce.add_argument("--device")
-    reproduce.add_argument("--eval-split", choices=("test", "val"),
-                           help="val: tune on the paper's validation split (held out of the training images)")
-    for flag, kind in (("--epochs", int), ("--train-subset", int), ("--test-subset", int), ("--batch-size", int)):
-        reproduce.add_argument(flag, type=kind)
+    add_arguments(reproduce, only=REPRODUCE_FIELDS)  # where and how long the rows run, not what they are
     reproduce.set_defaults(handler=cmd_reproduce)
 
     models = commands.add_parser("models", help="list the model variants")
@@ -152,13 +147,14 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from .inference import evaluate_trained, load_trained
     from .evaluate import format_report, metrics_json
-    from .report import confused_pairs, format_pairs, require_matplotlib, write_report
+    from .plotting import require_matplotlib
+    from .report import confused_pairs, format_pairs, write_report
     from .hardware import resolve_device
 
     if args.topk < 1:
         raise NinError(f"--topk must be 1 or more, got {args.topk}")
     if args.report:
-        require_matplotlib()  # before the evaluation, not after it
+        require_matplotlib("--report")  # before the evaluation, not after it
     trained = load_trained(args.checkpoint, resolve_device(args.device))
     metrics = evaluate_trained(trained, args.dataset, args.root, args.split, topk=(1, args.topk), tta=args.tta)
     metrics.setdefault("tta", False)
@@ -249,7 +245,8 @@ def cmd_predict(args) -> int:
 def cmd_visualize(args) -> int:
     from .inference import load_trained
     from .hardware import resolve_device
-    from .visualize import require_matplotlib, visualize_files
+    from .plotting import require_matplotlib
+    from .visualize import visualize_files
 
     require_matplotlib("nin visualize")  # before loading anything
     trained = load_trained(args.checkpoint, resolve_device(args.device))
@@ -285,8 +282,8 @@ def cmd_reproduce(args) -> int:
         return 0
     if not args.target:
         raise NinError("nin reproduce needs a TARGET (all, a group or a row) or --list")
-    names = ("dataset", "root", "device", "epochs", "train_subset", "test_subset", "batch_size", "eval_split")
-    overrides = check_overrides({name: getattr(args, name) for name in names if getattr(args, name) is not None})
+    overrides = check_overrides({name: getattr(args, name) for name in REPRODUCE_FIELDS
+                                 if getattr(args, name) is not None})
     reproduce(args.target, seeds=args.seeds, out=args.out, overrides=overrides)
     return 0
 

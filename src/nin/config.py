@@ -285,15 +285,24 @@ def without_retired_fields(saved: dict) -> dict:
     return {key: value for key, value in saved.items() if key not in RETIRED_FIELDS}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per field, default None so that only the flags given override the recipe; its help is
-    HELP's line and the field's default."""
+# what `nin reproduce` may change in a recipe: where and how long a row runs, not what it is
+REPRODUCE_FIELDS = ("dataset", "root", "device", "epochs", "train_subset", "test_subset", "batch_size", "compile",
+                    "channels_last", "amp", "eval_split")
+
+
+def add_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """One flag per field (``only``: these fields), default None so that only the flags given override the
+    recipe; its help is HELP's line and the field's default."""
     defaults = dataclasses.asdict(TrainConfig())
     for name, kind in field_types().items():
+        if only is not None and name not in only:
+            continue
         flag = "--" + name.replace("_", "-")
         default = defaults[name]
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
         help_text = HELP[name] if default is None else f"{HELP[name]} (default: {shown if shown != '' else 'none'})"
+        if only is not None:  # a recipe is always given: its value is the default
+            help_text = f"{HELP[name]} (default: the recipe's)"
         help_text = help_text.replace("%", "%%")  # argparse formats help with %
         if kind is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)

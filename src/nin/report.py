@@ -18,17 +18,9 @@ import torch
 
 from .errors import NinError
 from .evaluate import metrics_json
+from .plotting import new_figure, require_matplotlib
 
 FILES = ("confusion.csv", "confusion.png", "per_class.csv", "per_class.png", "confused_pairs.csv", "metrics.json")
-
-
-def require_matplotlib() -> None:
-    """Fail before any work when the pictures cannot be drawn."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise NinError("--report draws its pictures with matplotlib, which is not installed: "
-                       "pip install 'network-in-network[report]'") from None
 
 
 def _matrix(confusion) -> torch.Tensor:
@@ -78,7 +70,7 @@ def format_pairs(pairs: list[dict], limit: int = 3) -> str:
 
 def write_report(metrics: dict, classes: list[str], out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write the report files into ``out_dir``; returns {file name: path}."""
-    require_matplotlib()
+    require_matplotlib("--report")
     folder = Path(out_dir).expanduser()
     matrix = _matrix(metrics["confusion"])
     if matrix.shape[0] != len(classes):
@@ -114,15 +106,6 @@ def _write_csv(path: Path, header: list, rows) -> None:
             writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
 
 
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
 def plot_confusion(confusion, classes: list[str], path: str | os.PathLike, subtitle: str = "") -> None:
     """Row-normalised confusion matrix (colour: share of the true class), counts written in the cells
     when there are few classes, class names on the axes when they fit."""
@@ -131,7 +114,7 @@ def plot_confusion(confusion, classes: list[str], path: str | os.PathLike, subti
     totals = matrix.sum(dim=1, keepdim=True).clamp_min(1)
     shares = (matrix.double() / totals).numpy()
     side = min(max(3.0 + 0.5 * n, 5.0), 24.0)
-    figure = _figure(side + 1.5, side)
+    figure = new_figure(side + 1.5, side)
     axes = figure.add_subplot()
     image = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     figure.colorbar(image, ax=axes, shrink=0.8, label="share of the true class")
@@ -156,7 +139,7 @@ def plot_per_class(rows: list[dict], path: str | os.PathLike, subtitle: str = ""
     accuracies = [0.0 if math.isnan(row["accuracy"]) else 100 * row["accuracy"] for row in rows]
     n = len(rows)
     if n <= 100:
-        figure = _figure(7.0, min(max(1.5 + 0.3 * n, 3.0), 32.0))
+        figure = new_figure(7.0, min(max(1.5 + 0.3 * n, 3.0), 32.0))
         axes = figure.add_subplot()
         axes.barh(range(n), accuracies, color="tab:blue")
         axes.set_yticks(range(n), [row["class"] for row in rows])
@@ -164,7 +147,7 @@ def plot_per_class(rows: list[dict], path: str | os.PathLike, subtitle: str = ""
         axes.set_xlim(0, 100)
         axes.set_xlabel("accuracy (%)")
     else:
-        figure = _figure(7.0, 4.0)
+        figure = new_figure(7.0, 4.0)
         axes = figure.add_subplot()
         axes.plot(sorted(accuracies))
         axes.set_ylim(0, 100)

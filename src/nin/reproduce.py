@@ -11,7 +11,7 @@ import statistics
 import time
 from pathlib import Path
 
-from .config import Recipe, TrainConfig, from_dict, list_recipes, read_recipe
+from .config import REPRODUCE_FIELDS, Recipe, TrainConfig, from_dict, list_recipes, read_recipe
 from .data import dataset_info
 from .data.splits import select_images
 from .errors import NinError
@@ -142,8 +142,7 @@ def _write_results(path: Path, results: list, overrides: dict) -> None:
 
 def override_fields() -> tuple[str, ...]:
     """The recipe fields ``nin reproduce`` lets a user change (where and how long, not what)."""
-    return ("dataset", "root", "device", "epochs", "train_subset", "test_subset", "batch_size", "compile",
-            "channels_last", "amp", "eval_split")
+    return REPRODUCE_FIELDS
 
 
 def check_overrides(overrides: dict) -> dict:

@@ -26,19 +26,11 @@ import torch.nn.functional as F
 
 from .data import load_image
 from .errors import NinError
+from .plotting import new_figure, require_matplotlib
 from .rundir import read_metrics
 
 MAX_MAPS = 10
 PREDICTED_COLOUR, TRUE_COLOUR, CORRECT_COLOUR = "#d62728", "#1f77b4", "#2ca02c"  # red, blue, green
-
-
-def require_matplotlib(what: str) -> None:
-    """Fail before any work when the pictures cannot be drawn."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise NinError(f"{what} draws its pictures with matplotlib, which is not installed: "
-                       "pip install 'network-in-network[report]'") from None
 
 
 # --- category confidence maps -------------------------------------------------------------------------
@@ -183,7 +175,7 @@ def plot_confidence_maps(image: torch.Tensor, maps: torch.Tensor, probabilities:
     columns = min(len(shown), 5)
     rows = math.ceil(len(shown) / columns)
     panel = 2.0
-    figure = _figure(panel * (columns + 1.6) + 0.9, panel * 1.05 * rows + 1.45)
+    figure = new_figure(panel * (columns + 1.6) + 0.9, panel * 1.05 * rows + 1.45)
     grid = figure.add_gridspec(rows, columns + 2, width_ratios=[1.4, 0.15] + [1] * columns)
     values = maps[shown]
     vmin, vmax = float(values.min()), float(values.max())
@@ -247,15 +239,6 @@ def _no_ticks(axes) -> None:
     axes.set_yticks([])
 
 
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
 # --- learning curves ------------------------------------------------------------------------------------
 
 def _evaluated(rows: list[dict], column: str) -> tuple[list[float], list[float]]:
@@ -274,7 +257,7 @@ def plot_curves(run: str | os.PathLike, out: str | os.PathLike | None = None) ->
     epochs = [r["epoch"] for r in rows]
     marker = "o" if len(rows) <= 40 else None
 
-    figure = _figure(13.0, 4.3)
+    figure = new_figure(13.0, 4.3)
     loss, accuracy, rate = figure.subplots(1, 3)
     smoothing = float(config.get("label_smoothing") or 0)
     train_note = "train" + (f" (label smoothing {smoothing:g})" if smoothing else "")
