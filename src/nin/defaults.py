@@ -66,8 +66,9 @@ def resolve_for_data(config: TrainConfig, train_images: int, log=print) -> Train
 
 
 def default_eval_every(train_images: int, test_images: int) -> int:
-    """Every epoch, or every k epochs where k epochs' training images outnumber the test images: evaluating
-    500 training images' run on 10,000 test images after each epoch took ten times the epoch itself."""
+    """Every epoch, or every k epochs where k epochs' training images outnumber the test images, so that a
+    run never evaluates more images than it trains on (500 training images against 10,000 test images:
+    every 20 epochs, not after each epoch that sees a twentieth of what it evaluates)."""
     return max(1, math.ceil(test_images / max(1, train_images)))
 
 

@@ -28,9 +28,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast when enabled: the default on CUDA; on a CPU only when asked (``--amp bf16``). On this
-    project's Xeon (AMX-BF16) it made NIN-CIFAR training 2.3x and inference 2.0x faster than fp32
-    (benchmarks/throughput.py --cpu-bf16); CPUs without AMX or AVX512-BF16 are expected to slow down."""
+    """bf16 autocast when enabled: the default on CUDA; on a CPU only when asked (``--amp bf16``): it pays
+    on CPUs with AMX or AVX512-BF16 and slows down those that emulate bf16 (the README's speed table,
+    from benchmarks/throughput.py --cpu-bf16, has the measurements)."""
     if enabled and device.type in ("cuda", "cpu"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

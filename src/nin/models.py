@@ -407,8 +407,8 @@ def fit_init_to_data(model: nn.Module, images: torch.Tensor, *, target_std: floa
     included), then scale weights and biases so that the layer's outputs have std ``target_std``.
 
     One pass per layer already hits the targets (a layer's output is linear in its weight and bias); the
-    later ``iterations`` change the weights by about 1e-6 relative. They are kept because the measured runs
-    used them and a plain network's first steps amplify even such differences (see the closing notes).
+    later ``iterations`` only polish it. They are kept because the README's measured runs used them and a
+    plain network's first steps amplify even tiny differences.
 
     Its first gradients are large: ``nin train`` uses it together with gradient-norm clipping (alone, it
     killed the class maps of nin_mnist in benchmarks/first_steps.py --ablation). The weights keep their
