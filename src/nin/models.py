@@ -407,7 +407,8 @@ def fit_init_to_data(model: nn.Module, images: torch.Tensor, *, target_std: floa
     included), then scale weights and biases so that the layer's outputs have std ``target_std``.
 
     One pass per layer already hits the targets (a layer's output is linear in its weight and bias); the
-    later ``iterations`` only polish it. They are kept because the README's measured runs used them and a
+    later ``iterations`` only polish it. The layers are walked in order on the outputs of those already
+    fitted, so each is computed once per iteration (not a forward pass from the input per layer). They are kept because the README's measured runs used them and a
     plain network's first steps amplify even tiny differences.
 
     Its first gradients are large: ``nin train`` uses it together with gradient-norm clipping (alone, it
@@ -416,17 +417,33 @@ def fit_init_to_data(model: nn.Module, images: torch.Tensor, *, target_std: floa
     training = model.training
     model.eval()  # no dropout: the statistics of the function the network computes
     try:
-        for layer in _weight_layers(model):
-            for _ in range(iterations):
-                out = _layer_output(model, layer, images).float()
-                if center and layer.bias is not None:
-                    mean = out.mean(dim=[d for d in range(out.dim()) if d != 1])
-                    layer.bias.sub_(mean.view(-1, *[1] * (layer.bias.dim() - 1)))
-                    out = out - mean.view(1, -1, *[1] * (out.dim() - 2))
-                std = float(out.std())
-                if std > 0:
-                    layer.weight.mul_(target_std / std)
-                    if layer.bias is not None:
-                        layer.bias.mul_(target_std / std)
+        inputs = images
+        for module in _in_forward_order(model):  # each layer fitted on the outputs of the layers already fitted
+            if isinstance(module, (nn.Conv2d, nn.Linear, LocallyConnected2d)):
+                for _ in range(iterations):
+                    _fit_layer(module, module(inputs).float(), target_std, center)
+            inputs = module(inputs)
     finally:
         model.train(training)
+
+
+def _in_forward_order(model: NIN) -> list[nn.Module]:
+    """The modules a NIN's forward pass runs, in order, as one chain (its stages, then an FC head's layers;
+    global average pooling has no weights)."""
+    stages = [getattr(model, f"features{index}") for index in range(1, model.num_stages + 1)]
+    head = list(model.fc) if model.head != "gap" else []
+    return [module for stage in stages for module in stage] + head
+
+
+def _fit_layer(layer: nn.Module, out: torch.Tensor, target_std: float, center: bool) -> None:
+    """Shift the layer's bias so that each output channel of ``out`` (its output now) has mean zero, then
+    scale weight and bias so that the output's std is ``target_std``."""
+    if center and layer.bias is not None:
+        mean = out.mean(dim=[d for d in range(out.dim()) if d != 1])
+        layer.bias.sub_(mean.view(-1, *[1] * (layer.bias.dim() - 1)))
+        out = out - mean.view(1, -1, *[1] * (out.dim() - 2))
+    std = float(out.std())
+    if std > 0:
+        layer.weight.mul_(target_std / std)
+        if layer.bias is not None:
+            layer.bias.mul_(target_std / std)
