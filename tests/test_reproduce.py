@@ -107,3 +107,20 @@ def test_a_bad_paper_table_is_one_line(table, message, tmp_path, capsys):
     assert main(["train", "--recipe", str(tmp_path / "r.toml")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("nin: error: recipe ") and message in err and err.count("\n") == 1
+
+
+def test_claims_runs_the_rows_of_the_papers_comparisons_and_writes_their_verdicts(fashion_mnist_root, tmp_path):
+    assert select_rows("claims") == ["table5-gap", "table5-fc-dropout", "table5-fc", "sec4.6-fc-dropout",
+                                     "sec4.6-gap", "sec4.6-fc", "table1-dropout", "fig3-no-dropout"]
+    assert main(["reproduce", "claims", "--dataset", "fashion-mnist", "--out", str(tmp_path),
+                 "--epochs", "1", "--train-subset", "16", "--test-subset", "8", "--batch-size", "8",
+                 "--device", "cpu"]) == 0
+    lines = (tmp_path / "paper-claims.md").read_text().splitlines()
+    assert lines[lines.index("| claim | rows, best first (the paper's order) | paper: error | ours: error (mean ± std)"
+                             " | seeds | verdict |") + 1] == "|---|---|---|---|---:|---|"
+    claims = [line for line in lines if line.startswith(("| Table 5", "| Section 4.6", "| Figure 3"))]
+    assert len(claims) == 3 and all(line.count(" | ") == 5 for line in claims)
+    assert "| table5-gap < table5-fc-dropout < table5-fc | 10.41% < 10.88% < 11.59% |" in claims[0]
+    assert all(("holds by" in line or "reversed by" in line) and "| 1 |" in line for line in claims)
+    said = next(line for line in lines if line.startswith("settings changed from the recipes: "))
+    assert "dataset=fashion-mnist" in said and "epochs=1" in said

@@ -113,7 +113,8 @@ def get_parser() -> argparse.ArgumentParser:
 
     reproduce = commands.add_parser("reproduce", help="run the paper's rows (nin reproduce --list) and write "
                                     "results.md")
-    reproduce.add_argument("target", nargs="?", help="all (the paper), best (the best-known recipes), "
+    reproduce.add_argument("target", nargs="?", help="all (the paper), best (the best-known recipes), claims (the "
+                           "paper's comparisons: writes paper-claims.md too), "
                            "a group (table1..table5, sec4.6, fig3) or a row")
     reproduce.add_argument("--list", action="store_true", help="print every row with its paper number")
     reproduce.add_argument("--seeds", type=int, default=1)

@@ -19,6 +19,15 @@ from .hardware import describe_hardware
 
 
 GROUPS = ("table1", "table2", "table3", "table4", "table5", "sec4.6", "fig3")  # the paper's order
+# The paper's comparisons (``nin reproduce claims``): each claim's rows from the lowest error to the
+# highest, as the paper found them; a claim holds when our errors fall in the same order.
+CLAIMS = (
+    ("Table 5: global average pooling beats a fully connected head with dropout, which beats one without",
+     ("table5-gap", "table5-fc-dropout", "table5-fc")),
+    ("Section 4.6: on a conventional CNN, global average pooling beats a plain fully connected head and comes "
+     "near one with dropout", ("sec4.6-fc-dropout", "sec4.6-gap", "sec4.6-fc")),
+    ("Figure 3: dropout between the mlpconv layers cuts the error", ("table1-dropout", "fig3-no-dropout")),
+)
 
 
 def paper_rows() -> dict[str, Recipe]:
@@ -50,10 +59,13 @@ def _group(row: str) -> str:
 
 
 def select_rows(target: str) -> list[str]:
-    """``all`` (the paper's rows), ``best`` (the best-known recipes), a group or one row."""
+    """``all`` (the paper's rows), ``best`` (the best-known recipes), ``claims`` (the rows of the paper's
+    comparisons), a group or one row."""
     rows = paper_rows()
     if target == "all":
         return list(rows)
+    if target == "claims":
+        return list(dict.fromkeys(row for _, claim_rows in CLAIMS for row in claim_rows))
     if target == "best":
         return list(best_rows())
     if target in all_rows():
@@ -61,7 +73,7 @@ def select_rows(target: str) -> list[str]:
     chosen = [name for name in rows if _group(name) == target]
     if not chosen:
         groups = [group for group in GROUPS if any(_group(name) == group for name in rows)]
-        raise NinError(f"unknown target {target!r}: expected all, best, a group ({', '.join(groups)}) or a row "
+        raise NinError(f"unknown target {target!r}: expected all, best, claims, a group ({', '.join(groups)}) or a row "
                        f"(nin reproduce --list)")
     return chosen
 
@@ -116,7 +128,9 @@ def reproduce(target: str, *, seeds: int = 1, out: str | Path = "reproduce", ove
             runs.append((metrics["error"], time.perf_counter() - started, metrics["run_dir"]))
         results.append((row, configs[0], runs))
         _write_results(out / "results.md", results, overrides)  # after every row: a partial table survives
-    log(f"results: {out / 'results.md'}")
+        if target == "claims":
+            _write_claims(out / "paper-claims.md", results, overrides)
+    log(f"results: {out / 'results.md'}" + (f" and {out / 'paper-claims.md'}" if target == "claims" else ""))
     return out / "results.md"
 
 
@@ -138,6 +152,48 @@ def _write_results(path: Path, results: list, overrides: dict) -> None:
                      f"{', '.join(run_dir for _, _, run_dir in runs)} |")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
+
+
+def _write_claims(path: Path, results: list, overrides: dict) -> None:
+    """The paper's comparisons: for each claim, the paper's errors and ours in the paper's order, and
+    whether each step of the order holds, by how much against the seeds' spread."""
+    errors = {row: [100 * error for error, _, _ in runs] for row, _, runs in results}
+    lines = ["# The paper's claims, checked", "", f"hardware: {describe_hardware(overrides.get('device', 'auto'))}",
+             f"settings changed from the recipes: {_said(overrides)}", "",
+             "| claim | rows, best first (the paper's order) | paper: error | ours: error (mean ± std) | seeds | "
+             "verdict |", "|---|---|---|---|---:|---|"]
+    for claim, rows in CLAIMS:
+        if not all(row in errors for row in rows):
+            continue  # not run yet: the table grows as the rows finish
+        ours = [_mean_std(errors[row]) for row in rows]
+        lines.append(f"| {claim} | {' < '.join(rows)} | "
+                     f"{' < '.join(f'{paper_rows()[row].paper_error:.2f}%' for row in rows)} | "
+                     f"{', '.join(f'{m:.2f} ± {s:.2f}%' for m, s in ours)} | {len(errors[rows[0]])} | "
+                     f"{_verdict(rows, ours, len(errors[rows[0]]))} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _verdict(rows: tuple[str, ...], ours: list[tuple[float, float]], seeds: int) -> str:
+    """Each step of the order: holds or reversed, by how many points, and whether the difference is
+    more than twice the larger of the two rows' spreads across seeds (else: within the noise)."""
+    steps = []
+    for (better, (mean_a, std_a)), (worse, (mean_b, std_b)) in zip(zip(rows, ours), zip(rows[1:], ours[1:])):
+        gap, noise = mean_b - mean_a, max(std_a, std_b)
+        what = "holds" if gap > 0 else "reversed"
+        if seeds == 1:
+            sure = " (1 seed: no spread to compare with)"
+        else:
+            sure = " (within the noise)" if abs(gap) <= 2 * noise else f" (more than twice the seeds' std {noise:.2f})"
+        steps.append(f"{better} < {worse}: {what} by {abs(gap):.2f} points{sure}")
+    return "; ".join(steps)
+
+
+def _said(overrides: dict) -> str:
+    return ", ".join(f"{key}={value}" for key, value in overrides.items()) or "none"
 
 
 def override_fields() -> tuple[str, ...]:
