@@ -98,7 +98,8 @@ def convert_caffe(path: str | os.PathLike, model_name: str, out: str | os.PathLi
     elif original.mean is None:
         raise NinError("this network's preprocessing is not in its .caffemodel: give --mean R,G,B (0..255), "
                        "--mean-file MEAN.binaryproto, or --fit-preprocess DATASET")
-    preprocess = _fitted(fit_preprocess, root) if fit_preprocess else None
+    arch = default_cfg(model_name)
+    preprocess = _fitted(fit_preprocess, root, arch.input_size, arch.in_channels) if fit_preprocess else None
     return _write(weighted, replace(original, kwargs=kwargs), path, out, file_format, preprocess, fit_preprocess)
 
 
@@ -222,11 +223,12 @@ def _fit_shape(blob: np.ndarray, shape: tuple[int, ...], name: str, path) -> np.
     return blob.reshape(shape)
 
 
-def _fitted(dataset: str, root: str | None) -> dict:
-    """gcn_zca fitted on the training images of ``dataset``, as the authors' pylearn2 preprocessing was."""
+def _fitted(dataset: str, root: str | None, size: int, channels: int) -> dict:
+    """gcn_zca fitted on the training images of ``dataset`` (at the network's input size and channels), as
+    the authors' pylearn2 preprocessing was."""
     from .data import load_dataset
     from .data.preprocess import make_preprocess
 
-    train = load_dataset(dataset, root, "train")
+    train = load_dataset(dataset, root, "train", image_size=size, channels=channels)
     return make_preprocess("gcn_zca", train.images).state_dict()
 

@@ -75,7 +75,7 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
         raise NinError(f"{len(train_images)} training images are fewer than one batch of {config.batch_size}; "
                        "lower --batch-size")
     preprocess = (preprocess_from_state(preprocess_state) if preprocess_state is not None
-                 else make_preprocess(config.preprocess, train_images))  # fitted on the training images only
+                  else make_preprocess(config.preprocess, train_images))  # fitted on the training images only
     flip = info.flip if config.flip == "auto" else config.flip == "yes"
     common = dict(device=device, channels_last=config.channels_last, rank=world.rank, world_size=world.size)
     batch_size = local_batch_size(config.batch_size, world)  # each process takes its share of a global batch
