@@ -100,7 +100,7 @@ def test_what_a_recipe_is_for_lives_in_its_paper_table_not_in_the_run_config(tmp
 
 @pytest.mark.parametrize("table, message", [
     ('[paper]\nrows = "Table 1"\n', "unknown key 'rows' in [paper]; known keys: description, row, error"),
-    ('[paper]\nerror = "ten"\n', "[paper] paper_error must be a number of percent, got 'ten'"),
+    ('[paper]\nerror = "ten"\n', "[paper] error must be a number of percent, got 'ten'"),
 ])
 def test_a_bad_paper_table_is_one_line(table, message, tmp_path, capsys):
     (tmp_path / "r.toml").write_text("epochs = 1\n" + table)

@@ -273,11 +273,10 @@ def _paper_table(values: dict, source: str) -> dict:
     unknown = sorted(set(table) - set(PAPER_KEYS))
     if unknown:
         raise NinError(f"{source}: unknown key {unknown[0]!r} in [paper]; known keys: {', '.join(PAPER_KEYS)}")
-    about = {PAPER_KEYS[key]: value for key, value in table.items()}
-    for key in ("paper_error", "target_error"):
-        if not isinstance(about.get(key, 0.0), (int, float)) or about.get(key, 0.0) < 0:
-            raise NinError(f"{source}: [paper] {key} must be a number of percent, got {about[key]!r}")
-    return about
+    for key in ("error", "target_error"):
+        if not isinstance(table.get(key, 0.0), (int, float)) or table.get(key, 0.0) < 0:
+            raise NinError(f"{source}: [paper] {key} must be a number of percent, got {table[key]!r}")
+    return {PAPER_KEYS[key]: value for key, value in table.items()}
 
 
 def without_retired_fields(saved: dict) -> dict:
