@@ -127,3 +127,25 @@ def test_a_reader_that_leaves_early_stops_the_command_quietly(argv):
     command.stdout.close()  # before it writes anything
     assert command.wait(timeout=120) == 141
     assert command.stderr.read() == b""
+
+
+def test_eval_and_predict_take_amp_and_bf16_agrees_with_fp32(trained_run, tmp_path, capsys):
+    test = load_dataset("fashion-mnist", None, "test")
+    for index, name in enumerate(test.classes):  # one image per class as a folder: bf16 is emulated on many CPUs
+        folder = tmp_path / "test" / name.replace("/", "-")
+        folder.mkdir(parents=True)
+        Image.fromarray(test.images[int((test.labels == index).nonzero()[0]), 0].numpy()).save(folder / "0.png")
+    image = tmp_path / "test" / "Trouser" / "0.png"
+    answers, accuracies = {}, {}
+    for amp in ("off", "bf16"):
+        assert main(["predict", str(trained_run), str(image), "--topk", "1", "--json", "--amp", amp]) == 0
+        answers[amp] = json.loads(capsys.readouterr().out)[0]["top"][0]
+        assert main(["eval", str(trained_run), "--dataset", "folder", "--root", str(tmp_path), "--json",
+                     "--amp", amp]) == 0
+        accuracies[amp] = json.loads(capsys.readouterr().out)["accuracy"]
+    assert answers["bf16"]["class"] == answers["off"]["class"]
+    assert answers["bf16"]["probability"] == pytest.approx(answers["off"]["probability"], abs=0.05)
+    assert accuracies["bf16"] == pytest.approx(accuracies["off"], abs=0.1)  # at most one image of ten differs
+    with pytest.raises(SystemExit) as stopped:
+        main(["eval", str(trained_run), "--amp", "fp16"])
+    assert stopped.value.code == 2 and "invalid choice: 'fp16'" in capsys.readouterr().err

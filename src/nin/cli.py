@@ -47,6 +47,8 @@ def get_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--report", metavar="DIR", help="write the confusion matrix (CSV, PNG), per-class "
                           "accuracy (CSV, PNG), the most confused pairs (CSV) and metrics.json into DIR")
     evaluate.add_argument("--topk", type=int, default=5, metavar="K", help="also report top-K accuracy (default 5)")
+    evaluate.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
+                          help="bf16 autocast: auto (on CUDA), bf16 (also on CPUs with AMX or AVX512-BF16), off")
     evaluate.add_argument("--tta", action="store_true",
                           help="average the logits of each image and its horizontal flip (data sets that allow flips)")
     evaluate.set_defaults(handler=cmd_eval)
@@ -85,6 +87,8 @@ def get_parser() -> argparse.ArgumentParser:
     predict.add_argument("--topk", type=int, default=5)
     predict.add_argument("--device", default="auto")
     predict.add_argument("--json", action="store_true")
+    predict.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
+                         help="bf16 autocast: auto (on CUDA), bf16 (also on CPUs with AMX or AVX512-BF16), off")
     predict.set_defaults(handler=cmd_predict)
 
     data = commands.add_parser("data", help="check (or download) a data set and print its size")
@@ -157,7 +161,8 @@ def cmd_eval(args) -> int:
     if args.report:
         require_matplotlib("--report")  # before the evaluation, not after it
     trained = load_trained(args.checkpoint, resolve_device(args.device))
-    metrics = evaluate_trained(trained, args.dataset, args.root, args.split, topk=(1, args.topk), tta=args.tta)
+    metrics = evaluate_trained(trained, args.dataset, args.root, args.split, topk=(1, args.topk), tta=args.tta,
+                               amp=args.amp)
     metrics.setdefault("tta", False)
     metrics["confused_pairs"] = confused_pairs(metrics["confusion"], trained.classes, limit=10)
     if args.report:
@@ -233,7 +238,7 @@ def cmd_predict(args) -> int:
     if args.topk < 1:
         raise NinError(f"--topk must be 1 or more, got {args.topk}")
     trained = load_trained(args.checkpoint, resolve_device(args.device))
-    results = predict_files(trained, args.images, args.topk)
+    results = predict_files(trained, args.images, args.topk, amp=args.amp)
     if args.json:
         print(json.dumps(list(results)))
         return 0

@@ -27,6 +27,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def use_bf16(amp: str, device: torch.device) -> bool:
+    """``--amp`` (auto | bf16 | off) on ``device``: auto is bf16 on CUDA only."""
+    return amp == "bf16" or (amp == "auto" and device.type == "cuda")
+
+
 def autocast(device: torch.device, enabled: bool):
     """bf16 autocast when enabled: the default on CUDA; on a CPU only when asked (``--amp bf16``): it pays
     on CPUs with AMX or AVX512-BF16 and slows down those that emulate bf16 (the README's speed table,

@@ -13,6 +13,7 @@ from .data.splits import select_images
 from .data.preprocess import preprocess_from_state
 from .errors import NinError
 from .evaluate import evaluate
+from .hardware import autocast, use_bf16
 from .models import NIN, create_model, load_state
 
 
@@ -79,7 +80,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> NIN:
 
 def evaluate_trained(trained: Trained, dataset: str | None = None, root: str | None = None,
                      split: str = "test", batch_size: int = 1024, *, topk: tuple[int, ...] = (),
-                     tta: bool = False) -> dict:
+                     tta: bool = False, amp: str = "auto") -> dict:
     """Accuracy of a trained model on a split (by default the test split of the data it was trained on).
     ``topk``: also these top-k accuracies; ``tta``: flip test-time augmentation (refused for data sets
     whose class a horizontal flip may change, such as digits)."""
@@ -101,7 +102,8 @@ def evaluate_trained(trained: Trained, dataset: str | None = None, root: str | N
         # the same classes in another order (an image folder sorts them by name): labels follow the model's
         labels = torch.tensor([trained.classes.index(name) for name in data.classes])[labels]
     loader = DeviceLoader(data.images, labels, trained.normalize, batch_size=batch_size, device=trained.device)
-    return evaluate(trained.model, loader, trained.classes, topk=topk, tta=tta)
+    return evaluate(trained.model, loader, trained.classes, topk=topk, tta=tta,
+                    amp=use_bf16(amp, trained.device))
 
 
 def _load_split(trained: Trained, name: str, root, split: str):
@@ -122,15 +124,16 @@ def check_tta(dataset: str) -> None:
 PREDICT_BATCH = 64  # images decoded and run at once: memory stays flat however many files are given
 
 
-def predict_files(trained: Trained, paths: list[str], topk: int = 5):
+def predict_files(trained: Trained, paths: list[str], topk: int = 5, amp: str = "auto"):
     """Top-k (class, probability) for each image file, converted to the model's size and channels; yields
     one result per image, in order, working through the files a batch at a time."""
     k = min(topk, len(trained.classes))
     for start in range(0, len(paths), PREDICT_BATCH):
         batch = paths[start:start + PREDICT_BATCH]
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(trained.device, use_bf16(amp, trained.device)):
             images = torch.stack([load_image(p, trained.size, trained.channels) for p in batch]).to(trained.device)
-            values, indices = trained.model(trained.normalize(images)).softmax(dim=1).topk(k, dim=1)
+            logits = trained.model(trained.normalize(images)).float()
+            values, indices = logits.softmax(dim=1).topk(k, dim=1)
         for path, vals, idxs in zip(batch, values.tolist(), indices.tolist()):
             yield {"image": str(path), "top": [{"class": trained.classes[i], "probability": v}
                                                for v, i in zip(vals, idxs)]}

@@ -28,7 +28,7 @@ from .data.preprocess import make_preprocess, preprocess_from_state
 from .errors import Interrupted, NinError
 from .evaluate import evaluate, format_report
 from .defaults import MAX_WARMUP_FRACTION, resolve_eval_every, resolve_for_data, resolve_for_model
-from .hardware import autocast, require_memory, resolve_device
+from .hardware import autocast, require_memory, resolve_device, use_bf16
 from .models import (create_model, default_cfg, fit_init_to_data, training_step_bytes,
                      variant_has_batch_norm)
 from .distributed import (World, all_reduce_sum, any_process, broadcast_from_main, close_world, device_for,
@@ -220,7 +220,7 @@ class Run:
         self.evaluator = self.model  # evaluation needs no gradient sync
         if config.compile:
             self.forward, self.evaluator = torch.compile(self.forward), torch.compile(self.model)
-        self.amp = config.amp == "bf16" or (config.amp == "auto" and self.device.type == "cuda")
+        self.amp = use_bf16(config.amp, self.device)
         self.total_steps = config.epochs * len(self.data.train)
         if world.is_main:
             folder.write_config(config)
