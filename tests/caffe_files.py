@@ -59,7 +59,8 @@ def random_blobs(spec, in_channels: int, seed: int = 0) -> list[tuple[str, list[
 
 def write_caffemodel(path, spec, blobs, generation: str = "v1", pooling_params: bool = True) -> None:
     """A NetParameter: data layer, then per stage conv/relu layers and a pooling layer; ``generation``
-    v1 writes the 2014 ``layers`` (field 2, enum types), new writes ``layer`` (field 100, text types)."""
+    v1 writes the 2014 ``layers`` (field 2, enum types), v0 the older layers nested in them, new writes
+    ``layer`` (field 100, text types)."""
     messages, weighted = [], iter(blobs)
     messages.append(_layer("data", "Data", [], generation))
     for _, _, _, _, widths, (kind, kernel, stride) in spec:
@@ -70,7 +71,7 @@ def write_caffemodel(path, spec, blobs, generation: str = "v1", pooling_params: 
         pooling = field(1, {"max": 0, "avg": 1}[kind], wire=0) + field(2, kernel, wire=0) + field(3, stride, wire=0)
         messages.append(_layer(f"pool_{kind}", "Pooling", [], generation, pooling if pooling_params else None))
     messages.append(_layer("loss", "SoftmaxWithLoss", [], generation))
-    number = 2 if generation == "v1" else 100
+    number = 100 if generation == "new" else 2
     path.write_bytes(field(1, b"nin") + b"".join(field(number, m) for m in messages))
 
 
@@ -78,6 +79,10 @@ V1_ENUM = {"Data": 5, "Convolution": 4, "ReLU": 18, "Pooling": 17, "SoftmaxWithL
 
 
 def _layer(name: str, kind: str, arrays, generation: str, pooling: bytes | None = None) -> bytes:
+    if generation == "v0":  # a V1 entry holding a V0LayerParameter (field 1): name 1, type 2 as text, blobs 50
+        inner = field(1, name.encode()) + field(2, {"Convolution": "conv", "Pooling": "pool"}.get(kind, kind).lower()
+                                                .encode())
+        return field(1, inner + b"".join(field(50, blob(a, legacy=True)) for a in arrays))
     if generation == "v1":  # V1LayerParameter: name 4, type 5 (enum), blobs 6, pooling_param 19
         out = field(4, name.encode()) + field(5, V1_ENUM[kind], wire=0)
         out += b"".join(field(6, blob(a, legacy=True)) for a in arrays)

@@ -39,7 +39,7 @@ def converted_logits(path, images: torch.Tensor) -> torch.Tensor:
         return model(model.info.normalize()(images)).double()
 
 
-@pytest.mark.parametrize("generation", ["v1", "new"])
+@pytest.mark.parametrize("generation", ["v0", "v1", "new"])
 def test_the_authors_cifar10_network_computes_what_caffe_computes(generation, tmp_path, capsys):
     blobs = random_blobs(NIN_CIFAR10, 3)
     write_caffemodel(tmp_path / "cifar10_nin.caffemodel", NIN_CIFAR10, blobs, generation)

@@ -97,8 +97,8 @@ def _layer(data: bytes, generation: str) -> Layer:
             layer.blobs.append(_blob(value))
         elif number == pooling_field and wire == 2:
             layer.pool, layer.global_pool = _pooling(value)
-    if layer.type.lower() == "pooling" and layer.pool is None:
-        layer.pool = "max"  # PoolingParameter's default
+    if layer.type.lower() == "pooling" and layer.pool is None and generation != "v0":
+        layer.pool = "max"  # PoolingParameter's default (V0 keeps its pooling elsewhere: not read, left unknown)
     return layer
 
 
