@@ -231,3 +231,13 @@ def test_a_learning_run_gives_no_stuck_warning(tmp_path):
 
     assert len(log.matching(r"^epoch \d/2")) == 2
     assert not log.matching("still at chance")
+
+
+def test_no_stuck_warning_during_the_warm_up(tmp_path, fashion_mnist_root):
+    """The same vanishing learning rate; epoch 1 (4 steps) ends inside the 5-step warm-up, where a slow start
+    is expected: the warnings begin with epoch 2."""
+    log = Log()
+    fit(small_config(tmp_path / "run", lr=1e-12, label_smoothing=0.0, epochs=5, warmup_epochs=1.25,
+                     train_subset=256), log=log)
+    warned = [int(re.search(r"epoch (\d)", w).group(1)) for w in log.matching(r"^warning: after epoch")]
+    assert warned == [2, 3, 4, 5]

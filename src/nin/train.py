@@ -123,11 +123,15 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.S
 
 
 
+def warmup_steps(total_steps: int, config: TrainConfig) -> int:
+    steps_per_epoch = max(1, total_steps // config.epochs)
+    return min(int(config.warmup_epochs * steps_per_epoch), int(MAX_WARMUP_FRACTION * total_steps))
+
+
 def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
     """Linear warm-up from lr/10 over ``warmup_epochs`` (at most a quarter of the run, so that a short
     run decays too), then the decay ``schedule`` to the end."""
-    steps_per_epoch = max(1, total_steps // config.epochs)
-    warmup = min(int(config.warmup_epochs * steps_per_epoch), int(MAX_WARMUP_FRACTION * total_steps))
+    warmup = warmup_steps(total_steps, config)
     if step < warmup:
         return config.lr * (0.1 + 0.9 * step / warmup)
     progress = (step - warmup) / max(1, total_steps - warmup)
@@ -351,7 +355,8 @@ class Run:
         tested = f"  test {100 * metrics['accuracy']:.2f}%" if metrics else ""
         self.log(f"epoch {epoch}/{config.epochs}  loss {train_loss:.4f}  train {100 * train_acc:.2f}%{tested}  "
                  f"lr {row['lr']:.4g}  {row['seconds']:.1f}s")
-        _warn_if_stuck(train_loss, len(self.data.classes), epoch, config, self.log)
+        if state.step >= warmup_steps(self.total_steps, config):  # a slow start at the warm-up's low lr is expected
+            _warn_if_stuck(train_loss, len(self.data.classes), epoch, config, self.log)
         return metrics
 
     def rollback(self, problem: str) -> None:
