@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import statistics
 import sys
@@ -26,21 +27,32 @@ from zoo import ZOO, settings  # noqa: E402
 
 from nin.config import TrainConfig, from_dict  # noqa: E402
 from nin.hardware import describe_hardware  # noqa: E402
-from nin.train import fit  # noqa: E402
+from nin.train import fit, resume_config  # noqa: E402
 
 MODELS = ("nin_mnist_bn", "nin_mnist")  # the default model and the paper's network (MNIST widths, no BN)
 SWEEPS = {"lr": [("lr", 0.5), ("lr", 2.0)], "length": [("epochs", 0.5), ("epochs", 2.0)]}
 
 
 def train_once(name: str, spec: dict, model: str, seed: int, split: str, out: Path, **changes) -> dict:
-    config = from_dict({**spec, "model": model, "seed": seed, "eval_split": split, "progress": False,
-                        "tensorboard": False, "out": str(out), **changes})
+    """One run's result; kept in OUT/result.json, so that the benchmark run again with the same --out
+    skips the runs it has and resumes one it was stopped in (the table can grow over several sessions)."""
+    done = out / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    prefix = f"[{name} {model} seed {seed}]"
     started = time.perf_counter()
-    result = fit(config, log=lambda line: print(f"[{name} {model} seed {seed}] {line}", flush=True))
-    rows = list(csv.DictReader(open(Path(result["run_dir"]) / "metrics.csv", newline="")))
+    if (out / "checkpoint.pt").is_file():
+        result = fit(resume_config(str(out), {}), resume=str(out), log=lambda line: print(prefix, line, flush=True))
+    else:
+        config = from_dict({**spec, "model": model, "seed": seed, "eval_split": split, "progress": False,
+                            "tensorboard": False, "out": str(out), **changes})
+        result = fit(config, log=lambda line: print(prefix, line, flush=True))
+    rows = list(csv.DictReader(open(out / "metrics.csv", newline="")))
     chance_loss = math.log(len(result["per_class"]))
-    return {"accuracy": 100 * result["accuracy"], "seconds": time.perf_counter() - started,
-            "at_chance": float(rows[-1]["train_loss"]) > 0.9 * chance_loss, "epochs": int(rows[-1]["epoch"])}
+    summary = {"accuracy": 100 * result["accuracy"], "seconds": time.perf_counter() - started,
+               "at_chance": float(rows[-1]["train_loss"]) > 0.9 * chance_loss, "epochs": int(rows[-1]["epoch"])}
+    done.write_text(json.dumps(summary) + "\n")
+    return summary
 
 
 def swept(knob: str, factor: float, default_epochs: int) -> dict:
@@ -61,7 +73,9 @@ def main() -> None:
     parser.add_argument("--split", choices=("val", "test"), default="val",
                         help="val: the validation split of each set's training images (for choosing); test: once")
     parser.add_argument("--zoo-root", default="runs/zoo", help="where the folder sets are written")
-    parser.add_argument("--out", default=f"runs/first-try-{time.strftime('%Y%m%d-%H%M%S')}")
+    parser.add_argument("--out", default=f"runs/first-try-{time.strftime('%Y%m%d-%H%M%S')}",
+                        help="the runs' folders; run again with the same --out to skip finished runs and resume "
+                             "a stopped one")
     args = parser.parse_args()
     sets, models = args.sets.split(","), args.models.split(",")
     unknown = sorted(set(sets) - set(ZOO))
