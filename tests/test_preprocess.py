@@ -227,3 +227,18 @@ def test_applying_on_the_gpu_gives_float32_there_and_matches_the_cpu(kind, fitte
     if kind == "gcn_zca":  # and the fit itself can run there
         on_gpu = GcnZca.fit(train_images, device="cuda")
         torch.testing.assert_close(on_gpu.whiten, pre.whiten, rtol=0, atol=1e-4)
+
+
+def test_a_zca_fit_is_remembered_for_the_same_images_and_settings(train_images, held_out, monkeypatch):
+    """nin reproduce trains many rows on the same images: the D x D fit is done once per process."""
+    import nin.data.preprocess as preprocess
+
+    monkeypatch.setattr(preprocess, "_FITTED_ZCA", {})  # nothing remembered from the other tests
+    fits = []
+    real_fit = GcnZca.fit.__func__
+    monkeypatch.setattr(GcnZca, "fit", classmethod(lambda cls, *a, **k: fits.append(1) or real_fit(cls, *a, **k)))
+    first = make_preprocess("gcn_zca", train_images, filter_bias=0.05)
+    again = make_preprocess("gcn_zca", train_images.clone(), filter_bias=0.05)  # equal bytes, another tensor
+    other = make_preprocess("gcn_zca", train_images, filter_bias=0.2)
+    assert len(fits) == 2 and torch.equal(first(held_out), again(held_out))
+    assert not torch.equal(first(held_out), other(held_out))
