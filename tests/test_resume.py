@@ -134,3 +134,19 @@ def test_nin_train_stopped_by_sigterm_exits_75_and_resumes(tmp_path):
     final = load_checkpoint(run)
     assert final["epoch"] == int(finish) and final["step"] == int(finish) * 3  # 12 images, batches of 4
     assert [int(r["epoch"]) for r in metrics_rows(run)] == list(range(1, int(finish) + 1))
+
+
+def test_a_signal_during_the_last_epoch_still_stops_the_caller(tmp_path, monkeypatch, fashion_mnist_root):
+    """The run completes (its last checkpoint holds every epoch), and a program running several runs in
+    one process (nin reproduce) stops instead of starting the next one."""
+    real_train = Run.train
+
+    def train_then_signal(self, stop):
+        metrics = real_train(self, stop)
+        stop.received = "SIGTERM"  # as if it arrived during the final evaluation
+        return metrics
+
+    monkeypatch.setattr(Run, "train", train_then_signal)
+    with pytest.raises(Interrupted, match="SIGTERM received as the run finished: .* is complete"):
+        fit(small_config(tmp_path / "run", epochs=1), log=quiet)
+    assert load_checkpoint(tmp_path / "run")["epoch"] == 1

@@ -183,6 +183,10 @@ def fit(config: TrainConfig, *, resume: str | None = None, log=print) -> dict:
         try:
             with StopSignals() as stop:
                 metrics = run.train(stop)
+            if stop.received:  # it came during the last epoch: the run is complete, and a caller running
+                # several (nin reproduce, benchmarks) must stop rather than start the next one
+                raise Interrupted(f"{stop.received} received as the run finished: {run.run_dir} is complete "
+                                  "(nothing to resume)")
         finally:
             run.tensorboard.close()
     finally:
