@@ -3,8 +3,9 @@
     model = torch.hub.load("path/to/network-in-network", "nin_cifar10", source="local",
                            weights="model.safetensors")
 
-``weights``: a ``.safetensors`` file written by ``nin export`` (the JSON beside it gives the model's
-arguments, classes and normalisation: ``model.info``). Without it the model has fresh random weights.
+``weights``: the name of weights shipped with the package (``"fashion-mnist"`` for ``nin_mnist_bn``), or a
+``.safetensors`` file written by ``nin export`` (the JSON beside it gives the model's arguments, classes and
+normalisation: ``model.info``). Without it the model has fresh random weights.
 Other keyword arguments are those of ``nin.create_model``. Like torchvision's, the model comes back in
 training mode: call ``model.eval()`` before predicting.
 """
@@ -25,7 +26,8 @@ def _entry(name):
         return _nin.create_model(name, weights=weights, **kwargs)
 
     entry.__name__ = entry.__qualname__ = name
-    entry.__doc__ = (f"NIN variant {name!r}. weights: a .safetensors file from `nin export` (optional); "
+    entry.__doc__ = (f"NIN variant {name!r}. weights: shipped weights by name or a .safetensors file from "
+                     "`nin export` (optional); "
                      "other keyword arguments: see nin.create_model.")
     return entry
 

@@ -37,7 +37,9 @@ def get_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=cmd_train)
 
     evaluate = commands.add_parser("eval", help="test accuracy, error and per-class accuracy of a run")
-    evaluate.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT")
+    evaluate.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT", nargs="?",
+                          help="a run, a checkpoint or an export (or --weights)")
+    evaluate.add_argument("--weights", metavar="NAME", help="shipped weights instead of a run: fashion-mnist")
     evaluate.add_argument("--dataset", help="default: the data set the run was trained on")
     evaluate.add_argument("--root", help="where the data set lies")
     evaluate.add_argument("--split", default="test",
@@ -82,8 +84,9 @@ def get_parser() -> argparse.ArgumentParser:
     convert.set_defaults(handler=cmd_convert)
 
     predict = commands.add_parser("predict", help="top-k classes for image files")
-    predict.add_argument("checkpoint", metavar="CHECKPOINT")
-    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("paths", nargs="+", metavar="[CHECKPOINT] IMAGE",
+                         help="a run, a checkpoint or an export, then the images (only the images with --weights)")
+    predict.add_argument("--weights", metavar="NAME", help="shipped weights instead of a run: fashion-mnist")
     predict.add_argument("--topk", type=int, default=5)
     predict.add_argument("--device", default="auto")
     predict.add_argument("--json", action="store_true")
@@ -160,7 +163,7 @@ def cmd_eval(args) -> int:
         raise NinError(f"--topk must be 1 or more, got {args.topk}")
     if args.report:
         require_matplotlib("--report")  # before the evaluation, not after it
-    trained = load_trained(args.checkpoint, resolve_device(args.device))
+    trained = load_trained(_model_path(args.checkpoint, args.weights), resolve_device(args.device))
     metrics = evaluate_trained(trained, args.dataset, args.root, args.split, topk=(1, args.topk), tta=args.tta,
                                amp=args.amp)
     metrics.setdefault("tta", False)
@@ -237,8 +240,11 @@ def cmd_predict(args) -> int:
 
     if args.topk < 1:
         raise NinError(f"--topk must be 1 or more, got {args.topk}")
-    trained = load_trained(args.checkpoint, resolve_device(args.device))
-    results = predict_files(trained, args.images, args.topk, amp=args.amp)
+    checkpoint, images = (None, args.paths) if args.weights else (args.paths[0], args.paths[1:])
+    if not images:
+        raise NinError("nin predict needs a run (or --weights NAME) and at least one image")
+    trained = load_trained(_model_path(checkpoint, args.weights), resolve_device(args.device))
+    results = predict_files(trained, images, args.topk, amp=args.amp)
     if args.json:
         print(json.dumps(list(results)))
         return 0
@@ -246,6 +252,15 @@ def cmd_predict(args) -> int:
         ranked = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in result["top"])
         print(f"{result['image']}: {ranked}", flush=True)
     return 0
+
+
+def _model_path(checkpoint: str | None, weights: str | None):
+    """What eval and predict load: the run, checkpoint or export given, or the shipped weights named."""
+    from .models import shipped_weights
+
+    if (checkpoint is None) == (weights is None):
+        raise NinError("give a run, a checkpoint or an export, or --weights NAME (one of them)")
+    return checkpoint if weights is None else shipped_weights(weights)[1]
 
 
 def cmd_visualize(args) -> int:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import os
+from importlib import resources
+from pathlib import Path
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -290,10 +292,29 @@ def _variant(name: str) -> VariantInfo:
     return VARIANTS[name]
 
 
+# Weights shipped inside the package (nin/weights/), torchvision style: create_model(model, weights=NAME).
+# Each is a `nin export` safetensors file whose JSON says how it was trained and what it scored.
+SHIPPED_WEIGHTS = {"fashion-mnist": ("nin_mnist_bn", "nin_mnist_bn-fashion-mnist.safetensors")}
+
+
+def shipped_weights(name: str) -> tuple[str, Path]:
+    """(the model, the file) of the shipped weights ``name``."""
+    if name not in SHIPPED_WEIGHTS:
+        raise NinError(f"no shipped weights named {name!r}: expected {', '.join(SHIPPED_WEIGHTS)} or a "
+                       ".safetensors file from nin export")
+    model, file = SHIPPED_WEIGHTS[name]
+    return model, Path(str(resources.files("nin") / "weights" / file))
+
+
 def create_model(name: str, *, weights: str | os.PathLike | None = None, **kwargs) -> NIN:
-    """Build a named variant; keyword arguments override its defaults (see ``NIN``). ``weights``: a
-    ``.safetensors`` file from ``nin export``, loaded with the arguments in the JSON beside it."""
+    """Build a named variant; keyword arguments override its defaults (see ``NIN``). ``weights``: the name
+    of shipped weights (``SHIPPED_WEIGHTS``, e.g. "fashion-mnist"), or a ``.safetensors`` file from
+    ``nin export``, loaded with the arguments in the JSON beside it."""
     _variant(name)
+    if isinstance(weights, str) and weights in SHIPPED_WEIGHTS:
+        model, weights = shipped_weights(weights)
+        if model != name:
+            raise NinError(f"the shipped weights {weights.stem} are {model}'s, not {name}'s")
     if weights is not None:
         return _with_weights(name, weights, **kwargs)
     try:
