@@ -56,7 +56,6 @@ def test_nin_predict_weights_names_a_trouser(fashion_mnist_root, tmp_path, capsy
 @pytest.mark.parametrize("argv, message", [
     (["eval", "--weights", "imagenet"], "no shipped weights named 'imagenet': expected fashion-mnist"),
     (["eval", "runs/x", "--weights", "fashion-mnist"], "give a run, a checkpoint or an export, or --weights NAME"),
-    (["eval"], "give a run, a checkpoint or an export, or --weights NAME"),
     (["predict", "photo.png"], "nin predict needs a run (or --weights NAME) and at least one image"),
 ])
 def test_wrong_weights_options_are_one_line(argv, message, capsys):

@@ -163,6 +163,8 @@ def cmd_eval(args) -> int:
         raise NinError(f"--topk must be 1 or more, got {args.topk}")
     if args.report:
         require_matplotlib("--report")  # before the evaluation, not after it
+    if args.checkpoint is None and args.weights is None:
+        args.command_parser.error("the following arguments are required: RUN_DIR_OR_CHECKPOINT (or --weights NAME)")
     trained = load_trained(_model_path(args.checkpoint, args.weights), resolve_device(args.device))
     metrics = evaluate_trained(trained, args.dataset, args.root, args.split, topk=(1, args.topk), tta=args.tta,
                                amp=args.amp)
