@@ -21,19 +21,24 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path`` atomically (``atomic_write``)."""
+    serialized = io.BytesIO()  # in memory first: a full disk is then a plain OSError from our write, not an
+    torch.save(obj, serialized)  # error torch's zip writer reports as a RuntimeError after a chained OSError
+    atomic_write(serialized.getbuffer(), path)
+
+
+def atomic_write(data: bytes | memoryview, path: str | os.PathLike) -> None:
     """Write to a temporary file in the same folder, flush it to disk, then rename over ``path``:
     a crash at any moment leaves either the old file or the new one, never a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed while writing
         stale.unlink(missing_ok=True)
-    serialized = io.BytesIO()  # in memory first: a full disk is then a plain OSError from our write, not an
-    torch.save(obj, serialized)  # error torch's zip writer reports as a RuntimeError after a chained OSError
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(handle, 0o666 & ~_umask())  # mkstemp's 0600 would make checkpoints unlike the other files
         with os.fdopen(handle, "wb") as stream:
-            stream.write(serialized.getbuffer())
+            stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temp_name, path)

@@ -94,10 +94,24 @@ def get_parser() -> argparse.ArgumentParser:
                          help="bf16 autocast: auto (on CUDA), bf16 (also on CPUs with AMX or AVX512-BF16), off")
     predict.set_defaults(handler=cmd_predict)
 
-    data = commands.add_parser("data", help="check (or download) a data set and print its size")
-    data.add_argument("dataset")
+    data = commands.add_parser("data", help="check (or download) a data set and print its size; pack it",
+                               usage="nin data DATASET [--root DIR] [--download]\n"
+                                     "       nin data pack DATASET [--root DIR] --out PACK [--image-size N] "
+                                     "[--channels {1,3}] [--skip-bad-images]",
+                               description="nin data pack decodes a data set once into PACK, which any command "
+                                           "then reads through a memory map with --root PACK (for data larger "
+                                           "than memory)")
+    data.add_argument("dataset", metavar="DATASET")
+    data.add_argument("packed", metavar="PACKED_DATASET", nargs="?", help=argparse.SUPPRESS)
     data.add_argument("--root")
     data.add_argument("--download", action="store_true", help="fetch it with torchvision (checksummed)")
+    data.add_argument("--out", metavar="PACK", help="nin data pack: the pack's folder (new, or a stopped pack's)")
+    data.add_argument("--image-size", type=int, help="nin data pack: pixels a side (default: the data set's own; "
+                      "an image folder's: 32)")
+    data.add_argument("--channels", type=int, choices=(1, 3), help="nin data pack: default the data set's own")
+    data.add_argument("--skip-bad-images", action="store_true",
+                      help="nin data pack: skip unreadable images (counted, listed in PACK/SPLIT.skipped.txt) "
+                           "instead of stopping at the first")
     data.set_defaults(handler=cmd_data)
 
     visualize = commands.add_parser("visualize", help="category confidence maps of images, the paper's figure 4 "
@@ -289,11 +303,33 @@ def cmd_plot(args) -> int:
 def cmd_data(args) -> int:
     from .data import dataset_info, load_dataset
 
+    if args.dataset == "pack":
+        return _pack(args)
+    extra = [flag for flag, value in (("--out", args.out), ("--image-size", args.image_size),
+                                      ("--channels", args.channels), ("--skip-bad-images", args.skip_bad_images),
+                                      (args.packed, args.packed)) if value]
+    if extra:
+        args.command_parser.error(f"{extra[0]} belongs to nin data pack DATASET")
     info = dataset_info(args.dataset)
     for split in info.splits:
         part = load_dataset(args.dataset, args.root, split, download=args.download)
         print(f"{info.title} {split}: {len(part.labels)} images {tuple(part.images.shape[1:])}, "
               f"{len(part.classes)} classes")
+    return 0
+
+
+def _pack(args) -> int:
+    from .data.pack import write_pack
+
+    if not args.packed or not args.out:
+        args.command_parser.error("nin data pack needs a DATASET and --out PACK")
+    if args.download:
+        args.command_parser.error("--download: get the data set first (nin data DATASET --download), then pack it")
+    if args.image_size is not None and not 8 <= args.image_size <= 1024:
+        raise NinError(f"--image-size must lie in 8..1024, got {args.image_size}")
+    folder = write_pack(args.packed, args.root, args.out, image_size=args.image_size, channels=args.channels,
+                        skip_bad=args.skip_bad_images)
+    print(f"packed into {folder}: train with --dataset {args.packed} --root {folder}")
     return 0
 
 

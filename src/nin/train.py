@@ -23,12 +23,13 @@ from tqdm import tqdm
 from . import checkpoint as ckpt
 from .config import TrainConfig, from_dict, validate, without_retired_fields
 from .data import DeviceLoader, dataset_info
+from .data.packed import PackedImages, take_rows
 from .data.splits import select_images
 from .data.preprocess import make_preprocess, preprocess_from_state
 from .errors import Interrupted, NinError
 from .evaluate import evaluate, format_report
 from .defaults import MAX_WARMUP_FRACTION, resolve_eval_every, resolve_for_data, resolve_for_model
-from .hardware import autocast, require_memory, resolve_device, use_bf16
+from .hardware import autocast, free_memory, require_memory, resolve_device, use_bf16
 from .models import (create_model, default_cfg, fit_init_to_data, training_step_bytes,
                      variant_has_batch_norm)
 from .distributed import (World, all_reduce_sum, any_process, broadcast_from_main, close_world, device_for,
@@ -86,20 +87,39 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
                 int(train_images.shape[2]))
 
 
+def memory_plan(data: Data, step_bytes: int, batch: int, device: torch.device) -> str:
+    """One line, before the model is made: the images held (or memory-mapped) and a training step's memory."""
+    held = mapped = 0
+    for images in (data.train.images, data.test.images):
+        if isinstance(images, PackedImages):
+            mapped += images.numel()
+        else:
+            held += images.numel() * images.element_size()
+    free = free_memory(device)
+    return (f"memory: {_size(held)} of images held" + (f", {_size(mapped)} read from the pack through the page cache"
+                                                      if mapped else "")
+            + f", about {_size(step_bytes)} for a training step of {batch} images"
+            + (f"; {device.type} has {_size(free)} free" if free is not None else ""))
+
+
+def _size(count: int) -> str:
+    return f"{count / 2 ** 30:.1f} GB" if count >= 2 ** 30 else f"{count / 2 ** 20:.0f} MB"
+
+
 def _subset(images: torch.Tensor, labels: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``count`` images spread over the whole split (a fixed draw, the same for every seed, kept in file
     order): the first N would be one or two classes of an image folder, which is sorted by class."""
     if not count or count >= len(labels):
         return images, labels
     rows = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:count].sort().values
-    return images[rows], labels[rows]
+    return take_rows(images, rows), labels[rows]
 
 
 def init_batch(loader: DeviceLoader, seed: int, count: int = 256) -> torch.Tensor:
     """A fixed draw of training images (spread over the set, which may be sorted by class), preprocessed
     as training batches are, for the data-dependent initialisation."""
     rows = torch.randperm(len(loader.images), generator=torch.Generator().manual_seed(seed))[:count]
-    images = loader.preprocess(loader.images[rows.to(loader.images.device)])
+    images = loader.preprocess(loader.read(rows))
     return images.contiguous(memory_format=torch.channels_last) if loader.channels_last else images
 
 
@@ -212,9 +232,10 @@ class Run:
         self.config = config = resolve_for_model(self.data.config, plain)
         self.model_kwargs = model_arguments(config, len(self.data.classes), self.data.channels, self.data.size)
         batch = local_batch_size(config.batch_size, world)
-        require_memory(training_step_bytes(config.model, self.model_kwargs, batch, self.data.channels, self.data.size),
-                       self.device, f"training {config.model} on batches of {batch} images of {self.data.size} "
-                       "pixels", "lower --batch-size or --image-size")
+        step_bytes = training_step_bytes(config.model, self.model_kwargs, batch, self.data.channels, self.data.size)
+        log(memory_plan(self.data, step_bytes, batch, self.device))
+        require_memory(step_bytes, self.device, f"training {config.model} on batches of {batch} images of "
+                       f"{self.data.size} pixels", "lower --batch-size or --image-size")
         self.model = create_model(config.model, **self.model_kwargs).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ..errors import NinError
 from ..hardware import require_memory
 from . import readers
+from .packed import is_pack, load_packed
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -58,6 +59,8 @@ class DataSet:
     download: Callable[[Path, str], object] | None = None  # (root, split) -> the files fetched into root
     system_root: Path | None = None  # where a system package installs it: the root when none is given
     load: Callable[..., Split] | None = None  # its own loader in place of files, parse and download
+    samples: Callable[[object, str], tuple[list[str], list[tuple[Path, int]]]] | None = None  # one file an
+    # image: (root, split) -> (class names, [(file, label)]), so that ``nin data pack`` decodes it in chunks
 
 
 def dataset_info(name: str) -> DataSet:
@@ -73,6 +76,8 @@ def load_dataset(name: str, root: str | os.PathLike | None, split: str, *, downl
     info = dataset_info(name)
     if split not in info.splits:
         raise NinError(f"{info.title} has no split {split!r}: expected one of {', '.join(info.splits)}")
+    if is_pack(root):  # the data set packed by nin data pack: read through a memory map, not loaded
+        return Split(*load_packed(root, name, split, image_size, channels))
     if info.load is not None:  # decoded at the asked size and channels, so it is cached per size
         return info.load(root, split, image_size, channels or info.channels, cache)
     root_path = _resolve_root(info, root)
@@ -130,7 +135,9 @@ HELD_BYTES_PER_PIXEL = 5  # the uint8 images, and a float32 copy while the prepr
 
 def _require_pixels(count: int, channels: int, size: int) -> None:
     require_memory(count * channels * size * size * HELD_BYTES_PER_PIXEL, torch.device("cpu"),
-                   f"{count:,} images of {channels}x{size}x{size} pixels", "lower --image-size")
+                   f"{count:,} images of {channels}x{size}x{size} pixels",
+                   "lower --image-size, or pack the data set once (nin data pack DATASET --root DIR --out PACK "
+                   "--image-size N) and train from the pack (--root PACK)")
 
 
 # --- file formats: where a split's files are, and how they are parsed --------------------------------
@@ -243,9 +250,18 @@ def _last_fifth_per_class(split: str, labels: torch.Tensor, num_classes: int) ->
 # --- image folders ----------------------------------------------------------------------------------
 
 def _load_folder(root, split: str, size: int | None, channels: int, cache: bool) -> Split:
+    size = size or FOLDER_SIZE
+    classes, samples = _folder_samples(root, split)
+    _require_pixels(len(samples), channels, size)
+    files = [path for path, _ in samples]
+    key = ("folder", split, size, channels, tuple(classes))
+    return _cached(files, key, lambda: _decode_folder(samples, classes, size, channels), cache)
+
+
+def _folder_samples(root, split: str) -> tuple[list[str], list[tuple[Path, int]]]:
+    """(class names, [(image file, label)]) of a folder split, checked, without decoding an image."""
     if root is None:
         raise NinError("the folder data set needs --root DIR holding train/CLASS/*.png and test/CLASS/*.png")
-    size = size or FOLDER_SIZE
     split_dir = Path(root).expanduser() / split
     classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir()) if split_dir.is_dir() else []
     if not classes:
@@ -260,10 +276,7 @@ def _load_folder(root, split: str, size: int | None, channels: int, cache: bool)
     if split == "train" and empty:
         raise NinError(f"the class folder {split_dir / empty[0]} holds no images: a class needs training images "
                        "(add some, or move the folder out)")
-    _require_pixels(len(samples), channels, size)
-    files = [path for path, _ in samples]
-    key = ("folder", split, size, channels, tuple(classes))
-    return _cached(files, key, lambda: _decode_folder(samples, classes, size, channels), cache)
+    return classes, samples
 
 
 def _decode_folder(samples, classes, size: int, channels: int) -> Split:
@@ -337,5 +350,5 @@ DATASETS: dict[str, DataSet] = {entry.name: entry for entry in [
             download=_torchvision("FashionMNIST"), system_root=FASHION_MNIST_SYSTEM_DIR),
     DataSet("folder", "image folder", ("train", "test"), 3, None, True,
             "make ROOT/train/CLASS/*.png and ROOT/test/CLASS/*.png",
-            validation=_last_fifth_per_class, load=_load_folder),
+            validation=_last_fifth_per_class, load=_load_folder, samples=_folder_samples),
 ]}

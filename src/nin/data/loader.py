@@ -3,12 +3,17 @@
 No per-image Python work: each batch is one gather, one random-translation gather and one flip,
 done as tensor operations on the device. The order and the augmentation of an epoch depend only on
 (seed, epoch), so a resumed run sees exactly the batches it would have seen.
+
+A packed data set (``pack.py``) stays memory-mapped on the host: each batch's images are read from it
+(the next batch in a thread while the model works on this one) and moved to the device; the rest is the same.
 """
 from __future__ import annotations
 
 from typing import Callable, Iterator
 
 import torch
+
+from .packed import PackedImages, prefetched
 
 
 class DeviceLoader:
@@ -20,8 +25,9 @@ class DeviceLoader:
                  batch_size: int, train: bool = False, translate: int = 0, flip: bool = False,
                  seed: int = 0, device: str | torch.device = "cpu", channels_last: bool = False,
                  rank: int = 0, world_size: int = 1):
-        self.images = images.to(device)
-        self.labels = labels.to(device)
+        self.device = torch.device(device)
+        self.images = images.to(self.device)  # a pack stays where it is
+        self.labels = labels.to(self.device)
         self.preprocess = preprocess
         self.batch_size, self.train = batch_size, train
         self.translate, self.flip = translate if train else 0, flip and train
@@ -48,9 +54,9 @@ class DeviceLoader:
     def batches(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches from number ``start`` on (used to resume in the middle of an epoch)."""
         order, shifts, flips = self._epoch_plan()
-        for index in range(start, len(self)):
+        numbers = list(range(start, len(self)))
+        for index, batch in zip(numbers, self._read_batches(order, numbers)):
             rows = order[index * self.batch_size:(index + 1) * self.batch_size]
-            batch = self.images[rows]
             if self.translate:
                 batch = _translate(batch, shifts[rows_slice(index, self.batch_size, len(rows))], self.translate)
             if self.flip:
@@ -61,9 +67,22 @@ class DeviceLoader:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             yield batch, self.labels[rows]
 
+    def read(self, rows: torch.Tensor) -> torch.Tensor:
+        """The uint8 images of ``rows`` on the device."""
+        if isinstance(self.images, PackedImages):
+            return self.images[rows.cpu()].to(self.device, non_blocking=True)
+        return self.images[rows.to(self.device)]
+
+    def _read_batches(self, order: torch.Tensor, numbers: list[int]) -> Iterator[torch.Tensor]:
+        def read(index: int) -> torch.Tensor:
+            return self.read(order[index * self.batch_size:(index + 1) * self.batch_size])
+        if isinstance(self.images, PackedImages):
+            return prefetched(read, numbers)  # the disk (or page cache) works while the model does
+        return map(read, numbers)
+
     def _epoch_plan(self):
         """This rank's image order and per-position augmentation draws, from (seed, epoch) alone."""
-        device = self.images.device
+        device = self.device
         if not self.train:
             order = torch.arange(self.rank, len(self.images), self.world_size, device=device)
             return order, None, None

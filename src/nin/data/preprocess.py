@@ -41,8 +41,8 @@ MAX_ZCA_DIM = 12_288
 
 
 def _check_images(images: torch.Tensor, what: str) -> None:
-    if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+    if not hasattr(images, "shape") or getattr(images, "ndim", None) != 4:  # a tensor, or a pack's images
+        shape = tuple(images.shape) if hasattr(images, "shape") else type(images).__name__
         raise NinError(f"{what} takes a batch of images (N, C, H, W), got {shape}")
 
 

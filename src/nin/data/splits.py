@@ -11,6 +11,7 @@ import torch
 
 from ..errors import NinError
 from .datasets import Split, dataset_info, load_dataset
+from .packed import PackedImages, take_rows
 
 
 def select_images(dataset: str, root, train_split: str = "train", eval_split: str = "test", *,
@@ -38,6 +39,9 @@ def _join(parts: list[Split]) -> Split:
     """Several training splits ("train+extra") as one."""
     if len(parts) == 1:
         return parts[0]
+    if any(isinstance(p.images, PackedImages) for p in parts):
+        raise NinError("a pack trains on one split at a time: train on --train-split train, or pack a folder "
+                       "that holds both")
     return Split(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]), parts[0].classes)
 
 
@@ -59,6 +63,9 @@ def paper_validation(dataset: str, parts: dict[str, Split]) -> tuple[Split, Spli
 def _select(parts: dict[str, Split], masks: list[torch.Tensor], classes: list[str]) -> Split:
     """The masked images of every part, joined in order (train + extra are never joined whole first)."""
     chosen = [(part, mask) for part, mask in zip(parts.values(), masks) if mask.any()]
+    if len(chosen) == 1:  # a pack's selection stays on the disk
+        part, mask = chosen[0]
+        return Split(take_rows(part.images, mask), part.labels[mask], classes)
     images = torch.cat([part.images[mask] for part, mask in chosen])
     labels = torch.cat([part.labels[mask] for part, mask in chosen])
     return Split(images, labels, classes)

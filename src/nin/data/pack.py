@@ -1,0 +1,202 @@
+"""Packed data sets, for data larger than memory: a data set decoded once (``nin data pack``) into raw
+uint8 files that training reads batch by batch through a memory map (FFCV's idea, without its
+dependencies): the page cache holds what fits, and nothing is held twice.
+
+A pack is a folder: ``pack.json`` (format, the data set it holds, its classes, image shape and, per
+split, the image count and the images' SHA-256), and per split ``SPLIT.images`` (N x C x H x W bytes,
+row-major) and ``SPLIT.labels`` (N little-endian int64). Every command reads it in place of the data
+set's own files with the same ``--dataset`` and ``--root PACK``: the validation rule, flips and classes
+stay the data set's.
+
+Writing is resumable and atomic: a split goes to ``SPLIT.*.partial`` with ``SPLIT.progress.json``
+rewritten (atomically, after the data is flushed) every chunk; a split is renamed into place when
+complete, and ``pack.json`` is replaced after each split. A run stopped at any moment resumes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..checkpoint import atomic_write
+from ..errors import NinError
+from .datasets import FOLDER_SIZE, dataset_info, load_dataset
+from .images import load_image
+from .packed import FORMAT, HEADER, VERSION, read_header, split_files
+
+CHUNK = 1024  # images decoded and written between two progress records
+
+
+# --- writing -----------------------------------------------------------------------------------------
+
+@dataclass
+class Source:
+    """A split to pack: its size, classes, image shape and a reader of images [start, stop)."""
+    count: int
+    classes: list[str]
+    shape: tuple[int, int, int]
+    read: Callable[[int, int], tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]]  # images, labels, bad
+
+
+def write_pack(dataset: str, root, out, *, image_size: int | None = None, channels: int | None = None,
+               skip_bad: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Pack every split of ``dataset`` into the folder ``out``; a pack stopped part-way resumes."""
+    info = dataset_info(dataset)
+    folder = Path(out).expanduser()
+    size = image_size or info.size or FOLDER_SIZE
+    channels = channels or info.channels
+    settings = {"format": FORMAT, "version": VERSION, "dataset": dataset,
+                "root": str(Path(root).expanduser().resolve()) if root is not None else None,
+                "shape": [channels, size, size]}
+    lock = _claim(folder)
+    try:
+        header = _start_header(folder, settings)
+        for split in info.splits:
+            if split in header["splits"]:
+                log(f"{split}: already packed ({header['splits'][split]['count']:,} images)")
+                continue
+            source = _source(dataset, root, split, size, channels)
+            header["classes"] = header.get("classes") or source.classes
+            if source.classes != header["classes"]:
+                raise NinError(f"the {split} split's classes {source.classes} differ from {header['classes']}")
+            header["splits"][split] = _pack_split(folder, split, source, settings, skip_bad, log)
+            atomic_write(json.dumps(header, indent=2).encode() + b"\n", folder / HEADER)
+    except OSError as error:
+        raise NinError(f"could not write the pack {folder} ({error.strerror or error}): free space or fix it, "
+                       "then run the same command again (it resumes)") from None
+    finally:
+        lock.close()
+    return folder
+
+
+def _claim(folder: Path):
+    """The folder, created and locked against a second ``nin data pack`` writing into it."""
+    import fcntl
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / ".lock", "a+")
+    except OSError as error:
+        raise NinError(f"cannot write the pack folder {folder} ({error.strerror or error})") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise NinError(f"{folder} is being written by another nin data pack: wait for it to finish") from None
+    return lock
+
+
+def _start_header(folder: Path, settings: dict) -> dict:
+    """The pack's header so far, or a new one; a folder holding another pack is refused."""
+    if not (folder / HEADER).is_file():
+        if any(p.name != ".lock" and not p.name.endswith((".partial", ".progress.json")) for p in folder.iterdir()):
+            raise NinError(f"{folder} holds other files: pack into a new or empty folder")
+        header = {**settings, "classes": None, "splits": {}}
+        atomic_write(json.dumps(header, indent=2).encode() + b"\n", folder / HEADER)
+        return header
+    header = read_header(folder)
+    differing = [key for key, value in settings.items() if header.get(key) != value]
+    if differing:
+        raise NinError(f"{folder} holds a pack with another {differing[0]} ({header.get(differing[0])}): "
+                       "pack into another --out")
+    return header
+
+
+def _source(dataset: str, root, split: str, size: int, channels: int) -> Source:
+    """One file per image (a folder): decoded chunk by chunk on every core; other data sets are read
+    whole, as training reads them (they fit in memory), and sliced."""
+    info = dataset_info(dataset)
+    if info.samples is None:
+        whole = load_dataset(dataset, root, split, image_size=size, channels=channels, cache=False)
+        return Source(len(whole.labels), whole.classes, (channels, size, size),
+                      lambda start, stop: (whole.images[start:stop], whole.labels[start:stop], []))
+    classes, samples = info.samples(root, split)
+    decoder = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)  # PIL decodes without the GIL
+
+    def decode(sample):
+        try:
+            return load_image(sample[0], size, channels), None
+        except NinError as error:
+            return None, (str(sample[0]), str(error))
+
+    def read(start: int, stop: int):
+        decoded = list(decoder.map(decode, samples[start:stop]))
+        kept = [i for i, (image, _) in enumerate(decoded) if image is not None]
+        images = torch.stack([decoded[i][0] for i in kept]) if kept else torch.empty(0, channels, size, size,
+                                                                                      dtype=torch.uint8)
+        labels = torch.tensor([samples[start + i][1] for i in kept], dtype=torch.int64)
+        return images, labels, [bad for _, bad in decoded if bad is not None]
+    return Source(len(samples), classes, (channels, size, size), read)
+
+
+def _pack_split(folder: Path, split: str, source: Source, settings: dict, skip_bad: bool, log) -> dict:
+    """Write one split (resuming a partial one written with the same settings); its header entry."""
+    from tqdm import tqdm
+
+    images_file, labels_file = split_files(folder, split, ".partial")
+    progress_file = folder / f"{split}.progress.json"
+    progress = _progress(progress_file, settings, source.count)
+    row_bytes = int(np.prod(source.shape))
+    with open(images_file, "r+b" if progress["next"] else "wb") as images_out, \
+            open(labels_file, "r+b" if progress["next"] else "wb") as labels_out:
+        images_out.truncate(progress["rows"] * row_bytes)  # drop what was written after the last record
+        labels_out.truncate(progress["rows"] * 8)
+        images_out.seek(0, os.SEEK_END)
+        labels_out.seek(0, os.SEEK_END)
+        with tqdm(total=source.count, initial=progress["next"], desc=f"packing {split}", unit="img",
+                  disable=None) as bar:
+            for start in range(progress["next"], source.count, CHUNK):
+                stop = min(start + CHUNK, source.count)
+                images, labels, bad = source.read(start, stop)
+                if bad and not skip_bad:
+                    raise NinError(f"{bad[0][1]} (--skip-bad-images packs the others and lists the skipped)")
+                images_out.write(images.contiguous().numpy().tobytes())
+                labels_out.write(labels.numpy().astype("<i8").tobytes())
+                for stream in (images_out, labels_out):
+                    stream.flush()
+                    os.fsync(stream.fileno())
+                progress.update(next=stop, rows=progress["rows"] + len(labels), skipped=progress["skipped"] + bad)
+                atomic_write(json.dumps(progress).encode(), progress_file)
+                bar.update(stop - start)
+    if progress["rows"] == 0:
+        raise NinError(f"no image of the {split} split could be read: nothing to pack")
+    entry = {"count": progress["rows"], "sha256": _sha256(images_file), "skipped": len(progress["skipped"])}
+    _finish(folder, split, progress)
+    log(f"{split}: {entry['count']:,} images of {'x'.join(map(str, source.shape))}"
+        + (f"; {entry['skipped']} unreadable skipped (listed in {folder / f'{split}.skipped.txt'})"
+           if entry["skipped"] else ""))
+    return entry
+
+
+def _progress(path: Path, settings: dict, count: int) -> dict:
+    """Where a stopped pack of this split left off, or the start."""
+    fresh = {"settings": settings, "count": count, "next": 0, "rows": 0, "skipped": []}
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return fresh
+    return stored if stored.get("settings") == settings and stored.get("count") == count else fresh
+
+
+def _finish(folder: Path, split: str, progress: dict) -> None:
+    if progress["skipped"]:
+        lines = "".join(f"{path}\t{reason}\n" for path, reason in progress["skipped"])
+        atomic_write(lines.encode(), folder / f"{split}.skipped.txt")
+    for partial, final in zip(split_files(folder, split, ".partial"), split_files(folder, split)):
+        os.replace(partial, final)
+    (folder / f"{split}.progress.json").unlink(missing_ok=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()

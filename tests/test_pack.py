@@ -1,0 +1,203 @@
+"""Packed data sets (`nin data pack`, nin/data/pack.py): what a pack reads back, training from it, a pack
+stopped part-way, unreadable images, and the one-line refusals."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from nin.cli import main
+from nin.config import TrainConfig
+from nin.data import load_dataset
+from nin.data import pack as packing
+from nin.data.pack import write_pack
+from nin.data.packed import PackedImages
+from nin.errors import NinError
+from nin.train import fit
+from tiny_run import write_folder_dataset
+
+QUIET = ["--device", "cpu", "--no-progress", "--no-tensorboard"]
+
+
+def run_cli(argv, capsys):
+    code = main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return write_folder_dataset(tmp_path / "data", train_per_class=6, test_per_class=3)
+
+
+@pytest.fixture
+def packed(folder, tmp_path):
+    return write_pack("folder", folder, tmp_path / "pack", image_size=16, log=lambda _: None)
+
+
+def test_a_pack_reads_back_the_folder_it_was_made_from(folder, packed):
+    for split in ("train", "test"):
+        direct = load_dataset("folder", folder, split, image_size=16)
+        from_pack = load_dataset("folder", packed, split, image_size=16)
+        assert isinstance(from_pack.images, PackedImages)  # mapped, not loaded
+        assert torch.equal(from_pack.images[:], direct.images)
+        assert torch.equal(from_pack.labels, direct.labels) and from_pack.classes == direct.classes
+    header = json.loads((packed / "pack.json").read_text())
+    assert header["dataset"] == "folder" and header["shape"] == [3, 16, 16]
+    assert header["splits"]["train"]["count"] == 18 and len(header["splits"]["train"]["sha256"]) == 64
+
+
+def test_packed_images_index_like_a_tensor_and_select_without_reading():
+    images = torch.arange(10 * 2 * 2 * 2, dtype=torch.uint8).view(10, 2, 2, 2)
+    packed = PackedImages(images)
+    for key in (torch.tensor([7, 2, 2, 9]), torch.arange(10) % 3 == 0, slice(3, 8)):
+        assert torch.equal(packed[key], images[key])
+    selection = packed.take(torch.tensor([9, 4, 1, 0]))  # then a selection of the selection
+    assert selection.shape == (4, 2, 2, 2) and len(selection) == 4
+    assert torch.equal(selection[torch.tensor([2, 0])], images[torch.tensor([1, 9])])
+    assert torch.equal(selection.take(torch.tensor([True, False, True, False]))[:], images[torch.tensor([9, 1])])
+
+
+def test_training_from_a_pack_gives_the_same_weights_as_from_memory(tmp_path, fashion_mnist_root):
+    """Real Fashion-MNIST, its paper validation split carved out of the pack's training split, a subset,
+    flips and shifts: every batch is read from the memory map, and the weights are bit-identical."""
+    pack = write_pack("fashion-mnist", fashion_mnist_root, tmp_path / "fashion.pack", log=lambda _: None)
+    weights = []
+    for root, name in ((fashion_mnist_root, "memory"), (pack, "pack")):
+        config = TrainConfig(model="nin_mnist", dataset="fashion-mnist", root=str(root) if root else None,
+                             epochs=1, train_subset=256, test_subset=64, batch_size=32, eval_split="val",
+                             translate=2, flip="yes", progress=False, tensorboard=False, out=str(tmp_path / name))
+        fit(config, log=lambda _: None)
+        weights.append(torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["model"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+
+
+def test_nin_train_and_eval_take_a_pack_as_root(packed, tmp_path, capsys):
+    code, out, err = run_cli(["train", "--dataset", "folder", "--root", packed, "--image-size", "16", "--epochs", "1",
+                              "--batch-size", "6", "--out", tmp_path / "run", *QUIET], capsys)
+    assert code == 0, err
+    assert "read from the pack through the page cache" in out  # the memory line says where the images are
+    code, out, err = run_cli(["eval", tmp_path / "run", "--root", packed], capsys)
+    assert code == 0 and "test accuracy" in out, err
+
+
+def test_a_pack_stopped_part_way_resumes_to_the_same_files(folder, tmp_path, monkeypatch):
+    whole = write_pack("folder", folder, tmp_path / "whole", image_size=16, log=lambda _: None)
+    monkeypatch.setattr(packing, "CHUNK", 4)
+    real_source = packing._source
+
+    def failing_after_two_chunks(*args):
+        source = real_source(*args)
+        read, calls = source.read, []
+
+        def read_twice(start, stop):
+            calls.append(start)
+            if len(calls) > 2:
+                raise KeyboardInterrupt  # stopped while packing the train split
+            return read(start, stop)
+        source.read = read_twice
+        return source
+    monkeypatch.setattr(packing, "_source", failing_after_two_chunks)
+    with pytest.raises(KeyboardInterrupt):
+        write_pack("folder", folder, tmp_path / "stopped", image_size=16, log=lambda _: None)
+    progress = json.loads((tmp_path / "stopped" / "train.progress.json").read_text())
+    assert progress["next"] == 8 and not (tmp_path / "stopped" / "train.images").exists()
+    monkeypatch.setattr(packing, "_source", real_source)
+    write_pack("folder", folder, tmp_path / "stopped", image_size=16, log=lambda _: None)
+    for name in ("train.images", "train.labels", "test.images", "test.labels", "pack.json"):
+        assert (tmp_path / "stopped" / name).read_bytes() == (whole / name).read_bytes()
+    assert not list((tmp_path / "stopped").glob("*.partial")) and not list((tmp_path / "stopped").glob("*progress*"))
+
+
+def test_unreadable_images_stop_the_pack_or_are_skipped_and_listed(folder, tmp_path, capsys):
+    broken = folder / "train" / "green" / "2.png"
+    broken.write_bytes(b"not a png")
+    code, _, err = run_cli(["data", "pack", "folder", "--root", folder, "--out", tmp_path / "refused",
+                            "--image-size", "16"], capsys)
+    assert code == 2 and "2.png is not a readable image" in err and "--skip-bad-images" in err
+    code, out, err = run_cli(["data", "pack", "folder", "--root", folder, "--out", tmp_path / "skipped",
+                              "--image-size", "16", "--skip-bad-images"], capsys)
+    assert code == 0, err
+    header = json.loads((tmp_path / "skipped" / "pack.json").read_text())
+    assert header["splits"]["train"] == {**header["splits"]["train"], "count": 17, "skipped": 1}
+    assert str(broken) in (tmp_path / "skipped" / "train.skipped.txt").read_text()
+    assert len(load_dataset("folder", tmp_path / "skipped", "train").labels) == 17
+
+
+def test_a_damaged_pack_is_refused_in_one_line(packed, tmp_path):
+    damaged = shutil.copytree(packed, tmp_path / "damaged")
+    with open(damaged / "train.images", "r+b") as stream:
+        stream.truncate(100)
+    with pytest.raises(NinError, match="train.images is 100 bytes, expected 13,824: the pack is damaged"):
+        load_dataset("folder", damaged, "train")
+    bad_labels = shutil.copytree(packed, tmp_path / "bad-labels")
+    labels = np.fromfile(packed / "train.labels", dtype="<i8")
+    labels[0] = 7  # 3 classes
+    labels.tofile(bad_labels / "train.labels")
+    with pytest.raises(NinError, match="labels must lie in 0..2; the pack is damaged"):
+        load_dataset("folder", bad_labels, "train")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "mnist"], "is a pack of folder, not mnist: use --dataset folder"),
+    (["--dataset", "folder", "--image-size", "32"], "holds images of 16 pixels a side, not 32: pack again with "
+                                                    "--image-size 32"),
+    (["--dataset", "folder", "--image-size", "16", "--channels", "1"], "holds images of 3 channels, not 1"),
+])
+def test_a_pack_that_does_not_hold_what_the_run_asks_for_is_refused(packed, tmp_path, capsys, argv, message):
+    code, _, err = run_cli(["train", *argv, "--root", packed, "--epochs", "1", "--out", tmp_path / "run", *QUIET],
+                           capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["data", "pack", "folder", "--root", "{folder}"], "nin data pack needs a DATASET and --out PACK"),
+    (["data", "pack", "--out", "{tmp}/p"], "nin data pack needs a DATASET and --out PACK"),
+    (["data", "pack", "nosuch", "--out", "{tmp}/p"], "unknown data set 'nosuch'"),
+    (["data", "pack", "folder", "--root", "{folder}", "--out", "{tmp}/p", "--image-size", "3"],
+     "--image-size must lie in 8..1024, got 3"),
+    (["data", "pack", "folder", "--root", "{folder}", "--out", "{tmp}/p", "--channels", "2"], "invalid choice: 2"),
+    (["data", "pack", "folder", "--root", "{folder}", "--out", "{folder}"], "holds other files: pack into a new"),
+    (["data", "pack", "folder", "--root", "{tmp}/nowhere", "--out", "{tmp}/p"], "no class folders in"),
+    (["data", "fashion-mnist", "--out", "{tmp}/p"], "--out belongs to nin data pack DATASET"),
+    (["data", "pack", "mnist", "--download", "--out", "{tmp}/p"], "--download: get the data set first"),
+])
+def test_nin_data_pack_refuses_wrong_arguments_in_one_line(folder, tmp_path, capsys, argv, message):
+    argv = [arg.format(folder=folder, tmp=tmp_path) for arg in argv]
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # the parser's own errors
+        code = exit.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_second_pack_into_the_same_folder_or_another_source_is_refused(packed, folder, tmp_path):
+    import fcntl
+
+    with open(packed / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running nin data pack holds it
+        with pytest.raises(NinError, match="is being written by another nin data pack"):
+            write_pack("folder", folder, packed, image_size=16)
+    with pytest.raises(NinError, match="holds a pack with another shape"):
+        write_pack("folder", folder, packed, image_size=32)
+    assert write_pack("folder", folder, packed, image_size=16, log=lambda _: None) == packed  # complete: nothing to do
+
+
+def test_a_full_disk_while_packing_is_one_line_and_resumes(folder, tmp_path, monkeypatch):
+    real_write = packing.atomic_write
+
+    def full(data, path):
+        if str(path).endswith("progress.json"):
+            raise OSError(28, "No space left on device")
+        return real_write(data, path)
+    monkeypatch.setattr(packing, "atomic_write", full)
+    with pytest.raises(NinError, match="No space left on device.*run the same command again"):
+        write_pack("folder", folder, tmp_path / "p", image_size=16)
+    monkeypatch.setattr(packing, "atomic_write", real_write)
+    write_pack("folder", folder, tmp_path / "p", image_size=16, log=lambda _: None)
+    assert len(load_dataset("folder", tmp_path / "p", "test").labels) == 9
