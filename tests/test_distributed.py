@@ -37,3 +37,27 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, fa
     rows = (tmp_path / "two" / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 3
     assert together.stdout.count("run folder:") == 1
+
+
+def test_two_nodes_training_from_one_pack_match_one_process(tmp_path, fashion_mnist_root):
+    """torchrun's multi-node form (two "nodes" on this machine, one process each, meeting at a c10d
+    rendezvous) trains from one pack, as on a cluster with a shared file system, and takes the steps of
+    one process with the same global batch trained from memory."""
+    from nin.data.pack import write_pack
+
+    pack = write_pack("fashion-mnist", fashion_mnist_root, tmp_path / "fashion.pack", log=lambda _: None)
+    alone = run_nin(["train", *SETTINGS, "--out", str(tmp_path / "one")])
+    assert alone.returncode == 0, alone.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                               "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:29533", "--rdzv-id", "nin-test",
+                               "-m", "nin", "train", *SETTINGS, "--root", str(pack), "--out", str(tmp_path / "nodes")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    for node in nodes:
+        _, err = node.communicate(timeout=600)
+        assert node.returncode == 0, err
+
+    one, two = load_checkpoint(tmp_path / "one"), load_checkpoint(tmp_path / "nodes")
+    assert one["step"] == two["step"] == 16
+    for name, tensor in one["model"].items():
+        torch.testing.assert_close(two["model"][name], tensor, rtol=1e-4, atol=1e-5, msg=name)

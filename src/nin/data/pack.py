@@ -19,6 +19,7 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -49,20 +50,28 @@ def write_pack(dataset: str, root, out, *, image_size: int | None = None, channe
                skip_bad: bool = False, log: Callable[[str], None] = print) -> Path:
     """Pack every split of ``dataset`` into the folder ``out``; a pack stopped part-way resumes."""
     info = dataset_info(dataset)
-    folder = Path(out).expanduser()
     size = image_size or info.size or FOLDER_SIZE
     channels = channels or info.channels
     settings = {"format": FORMAT, "version": VERSION, "dataset": dataset,
                 "root": str(Path(root).expanduser().resolve()) if root is not None else None,
                 "shape": [channels, size, size]}
+    sources = {split: partial(_source, dataset, root, split, size, channels) for split in info.splits}
+    return write_sources(out, settings, sources, skip_bad=skip_bad, log=log)
+
+
+def write_sources(out, settings: dict, sources: dict[str, Callable[[], Source]], *, skip_bad: bool = False,
+                  log: Callable[[str], None] = print) -> Path:
+    """Pack ``sources`` (split name -> a maker of its Source) into the folder ``out`` with the header
+    ``settings`` (format, version, dataset, root, shape); the splits already packed are kept."""
+    folder = Path(out).expanduser()
     lock = _claim(folder)
     try:
         header = _start_header(folder, settings)
-        for split in info.splits:
+        for split, make_source in sources.items():
             if split in header["splits"]:
                 log(f"{split}: already packed ({header['splits'][split]['count']:,} images)")
                 continue
-            source = _source(dataset, root, split, size, channels)
+            source = make_source()
             header["classes"] = header.get("classes") or source.classes
             if source.classes != header["classes"]:
                 raise NinError(f"the {split} split's classes {source.classes} differ from {header['classes']}")
