@@ -53,7 +53,8 @@ def test_a_pack_reads_back_the_folder_it_was_made_from(folder, packed):
 def test_packed_images_index_like_a_tensor_and_select_without_reading():
     images = torch.arange(10 * 2 * 2 * 2, dtype=torch.uint8).view(10, 2, 2, 2)
     packed = PackedImages(images)
-    for key in (torch.tensor([7, 2, 2, 9]), torch.arange(10) % 3 == 0, slice(3, 8)):
+    assert torch.equal(packed[4], images[4]) and torch.equal(packed[-1], images[-1])
+    for key in (torch.tensor([7, 2, 2, 9]), torch.arange(10) % 3 == 0, slice(3, 8), slice(None, None, 4)):
         assert torch.equal(packed[key], images[key])
     selection = packed.take(torch.tensor([9, 4, 1, 0]))  # then a selection of the selection
     assert selection.shape == (4, 2, 2, 2) and len(selection) == 4

@@ -42,6 +42,8 @@ class PackedImages:
         return self.shape.numel()
 
     def __getitem__(self, key) -> torch.Tensor:
+        if isinstance(key, int):
+            return self[torch.tensor([key])][0]
         if isinstance(key, slice) and self.rows is None:
             return self.storage[key].clone()
         index = self._file_rows(key)
