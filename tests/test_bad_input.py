@@ -322,13 +322,15 @@ def test_a_checkpoint_with_the_right_marker_but_damaged_contents_is_one_line(tin
     assert_one_line_error(code, err, message)
 
 
-def test_images_too_large_for_the_memory_are_refused_before_they_are_decoded(tmp_path, capsys, folder_data,
-                                                                            monkeypatch):
+def test_images_too_large_for_the_memory_and_the_disk_are_refused_before_they_are_decoded(
+        tmp_path, capsys, folder_data, monkeypatch):
     monkeypatch.setattr("nin.hardware.free_memory", lambda device: 50_000)  # a machine with 50 kB free
+    monkeypatch.setattr("nin.data.pack._free_disk", lambda folder: 100_000)  # and 100 kB of disk
+    monkeypatch.setenv("NIN_CACHE_DIR", str(tmp_path / "cache"))
     code, _, err = run_cli(["train", "--dataset", "folder", "--root", folder_data, *FAST, "--image-size", "64",
                             "--out", tmp_path / "run"], capsys)
-    assert_one_line_error(code, err, "12 images of 3x64x64 pixels needs about 0.0 GB of memory and cpu has")
-    assert "lower --image-size" in err
+    assert_one_line_error(code, err, "12 images of 3x64x64 fit neither in memory nor on the cache's disk")
+    assert "lower --image-size" in err and not list((tmp_path / "cache").glob("packs/*/*"))
 
 
 def test_a_batch_too_large_for_the_memory_is_refused_before_training(tmp_path, capsys, folder_data, monkeypatch):

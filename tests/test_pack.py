@@ -202,3 +202,23 @@ def test_a_full_disk_while_packing_is_one_line_and_resumes(folder, tmp_path, mon
     monkeypatch.setattr(packing, "atomic_write", real_write)
     write_pack("folder", folder, tmp_path / "p", image_size=16, log=lambda _: None)
     assert len(load_dataset("folder", tmp_path / "p", "test").labels) == 9
+
+
+def test_a_data_set_too_large_for_the_memory_is_packed_into_the_cache_and_trained_from_there(
+        folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NIN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr("nin.data.datasets.HELD_BYTES_PER_PIXEL", 10 ** 9)  # no image fits in memory
+    argv = ["train", "--dataset", "folder", "--root", folder, "--image-size", "16", "--epochs", "1",
+            "--batch-size", "6", *QUIET]
+    code, out, err = run_cli([*argv, "--out", tmp_path / "run"], capsys)
+    assert code == 0, err
+    assert "do not fit in memory: packing the train split once into" in out
+    assert "read from the pack through the page cache" in out
+    packs = sorted((tmp_path / "cache" / "packs").glob("folder-*"))  # one a split
+    assert [p.name.split("-")[1] for p in packs] == ["test", "train"]
+    assert all((p / f"{p.name.split('-')[1]}.images").is_file() for p in packs)
+    code, out, err = run_cli([*argv, "--out", tmp_path / "again"], capsys)  # the pack is reused
+    assert code == 0 and "packing" not in out, err
+    (folder / "train" / "red" / "0.png").unlink()  # a changed folder gets a new pack
+    code, out, err = run_cli([*argv, "--out", tmp_path / "changed"], capsys)
+    assert code == 0 and "17 images of 3x16x16" in out, err

@@ -78,9 +78,9 @@ def require_memory(needed: int, device: torch.device, what: str, advice: str) ->
     """Refuse in one line, before allocating, what would not fit in the memory ``device`` has free."""
     free = free_memory(device)
     if free is not None and needed > free:
-        raise NinError(f"{what} needs about {_gigabytes(needed)} of memory and {device.type} has "
-                       f"{_gigabytes(free)} free: {advice}")
+        raise NinError(f"{what} needs about {gigabytes(needed)} of memory and {device.type} has "
+                       f"{gigabytes(free)} free: {advice}")
 
 
-def _gigabytes(count: int) -> str:
+def gigabytes(count: int) -> str:
     return f"{count / 2 ** 30:.1f} GB"

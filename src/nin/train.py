@@ -67,7 +67,7 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
     root = config.root or None
     # eval_split "val": the paper's validation images, held out of the training images, stand in for the test set
     train, test = select_images(config.dataset, root, config.train_split, config.eval_split, image_size=size,
-                                channels=channels)
+                                channels=channels, log=log)
     train_images, train_labels = _subset(train.images, train.labels, config.train_subset)
     test_images, test_labels = _subset(test.images, test.labels, config.test_subset)
     config = resolve_for_data(config, len(train_images), log)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import NinError
-from ..hardware import require_memory
+from .. import hardware
 from . import readers
 from .packed import is_pack, load_packed
 
@@ -84,7 +84,7 @@ def load_dataset(name: str, root: str | os.PathLike | None, split: str, *, downl
     if download:
         _download(info, root_path, split)
     files = _require(info, root_path, info.files(root_path, split))
-    return _reshape(_cached(files, (name, split), lambda: info.parse(files), cache), image_size, channels)
+    return reshape(_cached(files, (name, split), lambda: info.parse(files), cache), image_size, channels)
 
 
 def _resolve_root(info: DataSet, root) -> Path:
@@ -112,7 +112,7 @@ def _download(info: DataSet, root: Path, split: str) -> None:
         raise NinError(f"could not download {info.title} into {root}: {error}") from None
 
 
-def _reshape(split: Split, size: int | None, channels: int | None) -> Split:
+def reshape(split: Split, size: int | None, channels: int | None) -> Split:
     """Images at another size (bilinear, antialiased, as PIL resizes folder images) or channel count
     (grey -> RGB repeats the channel; RGB -> grey weighs it as PIL's "L" does)."""
     images = split.images
@@ -133,11 +133,17 @@ def _reshape(split: Split, size: int | None, channels: int | None) -> Split:
 HELD_BYTES_PER_PIXEL = 5  # the uint8 images, and a float32 copy while the preprocessing is fitted to them
 
 
+class DoesNotFit(NinError):
+    """A split that would not fit in memory once decoded (``select_images`` packs it instead)."""
+
+
 def _require_pixels(count: int, channels: int, size: int) -> None:
-    require_memory(count * channels * size * size * HELD_BYTES_PER_PIXEL, torch.device("cpu"),
-                   f"{count:,} images of {channels}x{size}x{size} pixels",
-                   "lower --image-size, or pack the data set once (nin data pack DATASET --root DIR --out PACK "
-                   "--image-size N) and train from the pack (--root PACK)")
+    needed, free = count * channels * size * size * HELD_BYTES_PER_PIXEL, hardware.free_memory(torch.device("cpu"))
+    if free is not None and needed > free:
+        raise DoesNotFit(f"{count:,} images of {channels}x{size}x{size} pixels need about "
+                         f"{hardware.gigabytes(needed)} of memory and cpu has {hardware.gigabytes(free)} free: lower "
+                         "--image-size, or pack the data set (nin data pack DATASET --root DIR --out PACK) and train "
+                         "from the pack (--root PACK)")
 
 
 # --- file formats: where a split's files are, and how they are parsed --------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -28,7 +29,7 @@ import torch
 
 from ..checkpoint import atomic_write
 from ..errors import NinError
-from .datasets import FOLDER_SIZE, dataset_info, load_dataset
+from .datasets import FOLDER_SIZE, Split, cache_dir, dataset_info, load_dataset, reshape
 from .images import load_image
 from .packed import FORMAT, HEADER, VERSION, read_header, split_files
 
@@ -57,6 +58,53 @@ def write_pack(dataset: str, root, out, *, image_size: int | None = None, channe
                 "shape": [channels, size, size]}
     sources = {split: partial(_source, dataset, root, split, size, channels) for split in info.splits}
     return write_sources(out, settings, sources, skip_bad=skip_bad, log=log)
+
+
+def auto_pack(dataset: str, root, split: str, image_size: int | None, channels: int | None, log) -> Path:
+    """A split too large for memory, packed once into the cache (``NIN_CACHE_DIR``/packs), keyed by the data
+    set, its root, the image shape and (for a folder) the split's files; refused in one line when the disk is
+    short. Packs of files that changed since are left behind (delete ``NIN_CACHE_DIR``/packs to reclaim them)."""
+    info = dataset_info(dataset)
+    size, channels = image_size or info.size or FOLDER_SIZE, channels or info.channels
+    settings = {"format": FORMAT, "version": VERSION, "dataset": dataset,
+                "root": str(Path(root).expanduser().resolve()) if root is not None else None,
+                "shape": [channels, size, size]}
+    if info.samples is not None:  # a changed folder gets a new pack
+        settings["files"] = _fingerprint(info.samples(root, split)[1])
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    folder = cache_dir() / "packs" / f"{dataset}-{split}-{key}"  # one split a pack: each keyed by its own files
+    if not (folder / f"{split}.images").is_file():
+        count = _count(dataset, root, split)
+        needed, free = count * channels * size * size, _free_disk(folder.parent)
+        if needed > 0.95 * free:
+            raise NinError(f"{count:,} images of {channels}x{size}x{size} fit neither in memory nor on the cache's "
+                           f"disk ({needed / 2 ** 30:.1f} GB; {free / 2 ** 30:.1f} GB free under {cache_dir()}): "
+                           "lower --image-size, or pack elsewhere (nin data pack DATASET --out PACK, or NIN_CACHE_DIR)")
+        log(f"{count:,} images of {channels}x{size}x{size} ({needed / 2 ** 30:.1f} GB) do not fit in memory: "
+            f"packing the {split} split once into {folder} and training from the pack (nin data pack does this "
+            "by hand)")
+    return write_sources(folder, settings, {split: partial(_source, dataset, root, split, size, channels)},
+                         log=lambda _: None)
+
+
+def _fingerprint(samples: list[tuple[Path, int]]) -> str:
+    digest = hashlib.sha256()
+    for path, label in samples:
+        stat = path.stat()
+        digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def _count(dataset: str, root, split: str) -> int:
+    info = dataset_info(dataset)
+    if info.samples is not None:
+        return len(info.samples(root, split)[1])
+    return len(load_dataset(dataset, root, split).labels)
+
+
+def _free_disk(folder: Path) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    return shutil.disk_usage(folder).free
 
 
 def write_sources(out, settings: dict, sources: dict[str, Callable[[], Source]], *, skip_bad: bool = False,
@@ -122,10 +170,13 @@ def _source(dataset: str, root, split: str, size: int, channels: int) -> Source:
     """One file per image (a folder): decoded chunk by chunk on every core; other data sets are read
     whole, as training reads them (they fit in memory), and sliced."""
     info = dataset_info(dataset)
-    if info.samples is None:
-        whole = load_dataset(dataset, root, split, image_size=size, channels=channels, cache=False)
-        return Source(len(whole.labels), whole.classes, (channels, size, size),
-                      lambda start, stop: (whole.images[start:stop], whole.labels[start:stop], []))
+    if info.samples is None:  # held at its own size, resized a chunk at a time
+        whole = load_dataset(dataset, root, split)
+
+        def chunk(start: int, stop: int):
+            part = reshape(Split(whole.images[start:stop], whole.labels[start:stop], whole.classes), size, channels)
+            return part.images, part.labels, []
+        return Source(len(whole.labels), whole.classes, (channels, size, size), chunk)
     classes, samples = info.samples(root, split)
     decoder = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)  # PIL decodes without the GIL
 
@@ -198,8 +249,8 @@ def _finish(folder: Path, split: str, progress: dict) -> None:
     if progress["skipped"]:
         lines = "".join(f"{path}\t{reason}\n" for path, reason in progress["skipped"])
         atomic_write(lines.encode(), folder / f"{split}.skipped.txt")
-    for partial, final in zip(split_files(folder, split, ".partial"), split_files(folder, split)):
-        os.replace(partial, final)
+    for written, final in zip(split_files(folder, split, ".partial"), split_files(folder, split)):
+        os.replace(written, final)
     (folder / f"{split}.progress.json").unlink(missing_ok=True)
 
 

@@ -102,8 +102,9 @@ def read_header(folder: Path) -> dict:
 
 def load_packed(root, dataset: str, split: str, image_size: int | None,
                 channels: int | None) -> tuple[PackedImages, torch.Tensor, list[str]]:
-    """(images, labels, classes) of one split of the pack in ``root``, the images memory-mapped; refused with one line when it holds another data
-    set, lacks the split, has other images than asked for, or its files are not the size its header says."""
+    """(images, labels, classes) of one split of the pack in ``root``, the images memory-mapped; refused in
+    one line when the pack holds another data set, lacks the split, has other images than asked for, or its
+    files are not the size its header says."""
     folder = Path(root).expanduser()
     header = read_header(folder)
     if header["dataset"] != dataset:

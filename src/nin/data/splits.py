@@ -10,19 +10,24 @@ from __future__ import annotations
 import torch
 
 from ..errors import NinError
-from .datasets import Split, dataset_info, load_dataset
+from .datasets import DoesNotFit, Split, dataset_info, load_dataset
+from .pack import auto_pack
 from .packed import PackedImages, take_rows
 
 
 def select_images(dataset: str, root, train_split: str = "train", eval_split: str = "test", *,
                   image_size: int | None = None, channels: int | None = None,
-                  need_train: bool = True) -> tuple[Split | None, Split]:
+                  need_train: bool = True, log=print) -> tuple[Split | None, Split]:
     """(the training images, the evaluated images) of ``dataset``: ``train_split`` names the training
     split(s) ("train+extra" joins SVHN's two); ``eval_split`` is a split of the data set, or "val", the
     paper's validation images held out of those training splits. Without ``need_train`` the training
     images are only loaded when "val" needs them, and None is returned for them."""
     def load(split: str) -> Split:
-        return load_dataset(dataset, root, split, image_size=image_size, channels=channels)
+        try:
+            return load_dataset(dataset, root, split, image_size=image_size, channels=channels)
+        except DoesNotFit:  # decoded, it would not fit in memory: packed once, then read through a memory map
+            pack = auto_pack(dataset, root, split, image_size, channels, log)
+            return load_dataset(dataset, pack, split, image_size=image_size, channels=channels)
 
     parts = {part: load(part) for part in train_split.split("+")} if need_train or eval_split == "val" else {}
     if eval_split == "val":
