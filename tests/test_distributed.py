@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from nin.checkpoint import load_checkpoint
@@ -23,13 +24,20 @@ def run_nin(argv, processes: int = 1) -> subprocess.CompletedProcess:
     return subprocess.run([*launcher, "-m", "nin", *argv], capture_output=True, text=True, env=env, timeout=600)
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, fashion_mnist_root):
-    alone = run_nin(["train", *SETTINGS, "--out", str(tmp_path / "one")])
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, fashion_mnist_root):
+    """The run both tests compare with: one process, the whole global batch."""
+    out = tmp_path_factory.mktemp("one-process") / "one"
+    alone = run_nin(["train", *SETTINGS, "--out", str(out)])
     assert alone.returncode == 0, alone.stderr
+    return out
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, one_process):
     together = run_nin(["train", *SETTINGS, "--out", str(tmp_path / "two")], processes=2)
     assert together.returncode == 0, together.stderr
 
-    one, two = load_checkpoint(tmp_path / "one"), load_checkpoint(tmp_path / "two")
+    one, two = load_checkpoint(one_process), load_checkpoint(tmp_path / "two")
     assert one["step"] == two["step"] == 16  # 512 images / 64 per global batch * 2 epochs
     for name, tensor in one["model"].items():
         torch.testing.assert_close(two["model"][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
@@ -39,15 +47,13 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, fa
     assert together.stdout.count("run folder:") == 1
 
 
-def test_two_nodes_training_from_one_pack_match_one_process(tmp_path, fashion_mnist_root):
+def test_two_nodes_training_from_one_pack_match_one_process(tmp_path, fashion_mnist_root, one_process):
     """torchrun's multi-node form (two "nodes" on this machine, one process each, meeting at a c10d
     rendezvous) trains from one pack, as on a cluster with a shared file system, and takes the steps of
     one process with the same global batch trained from memory."""
     from nin.data.pack import write_pack
 
     pack = write_pack("fashion-mnist", fashion_mnist_root, tmp_path / "fashion.pack", log=lambda _: None)
-    alone = run_nin(["train", *SETTINGS, "--out", str(tmp_path / "one")])
-    assert alone.returncode == 0, alone.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                                "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:29533", "--rdzv-id", "nin-test",
@@ -57,7 +63,7 @@ def test_two_nodes_training_from_one_pack_match_one_process(tmp_path, fashion_mn
         _, err = node.communicate(timeout=600)
         assert node.returncode == 0, err
 
-    one, two = load_checkpoint(tmp_path / "one"), load_checkpoint(tmp_path / "nodes")
+    one, two = load_checkpoint(one_process), load_checkpoint(tmp_path / "nodes")
     assert one["step"] == two["step"] == 16
     for name, tensor in one["model"].items():
         torch.testing.assert_close(two["model"][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
