@@ -50,13 +50,9 @@ class Source:
 def write_pack(dataset: str, root, out, *, image_size: int | None = None, channels: int | None = None,
                skip_bad: bool = False, log: Callable[[str], None] = print) -> Path:
     """Pack every split of ``dataset`` into the folder ``out``; a pack stopped part-way resumes."""
-    info = dataset_info(dataset)
-    size = image_size or info.size or FOLDER_SIZE
-    channels = channels or info.channels
-    settings = {"format": FORMAT, "version": VERSION, "dataset": dataset,
-                "root": str(Path(root).expanduser().resolve()) if root is not None else None,
-                "shape": [channels, size, size]}
-    sources = {split: partial(_source, dataset, root, split, size, channels) for split in info.splits}
+    settings = _settings(dataset, root, image_size, channels)
+    channels, size, _ = settings["shape"]
+    sources = {split: partial(_source, dataset, root, split, size, channels) for split in dataset_info(dataset).splits}
     return write_sources(out, settings, sources, skip_bad=skip_bad, log=log)
 
 
@@ -65,26 +61,34 @@ def auto_pack(dataset: str, root, split: str, image_size: int | None, channels: 
     set, its root, the image shape and (for a folder) the split's files; refused in one line when the disk is
     short. Packs of files that changed since are left behind (delete ``NIN_CACHE_DIR``/packs to reclaim them)."""
     info = dataset_info(dataset)
-    size, channels = image_size or info.size or FOLDER_SIZE, channels or info.channels
-    settings = {"format": FORMAT, "version": VERSION, "dataset": dataset,
-                "root": str(Path(root).expanduser().resolve()) if root is not None else None,
-                "shape": [channels, size, size]}
-    if info.samples is not None:  # a changed folder gets a new pack
-        settings["files"] = _fingerprint(info.samples(root, split)[1])
+    settings = _settings(dataset, root, image_size, channels)
+    channels, size, _ = settings["shape"]
+    samples = info.samples(root, split)[1] if info.samples is not None else None
+    if samples is not None:  # a changed folder gets a new pack
+        settings["files"] = _fingerprint(samples)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_dir() / "packs" / f"{dataset}-{split}-{key}"  # one split a pack: each keyed by its own files
     if not (folder / f"{split}.images").is_file():
-        count = _count(dataset, root, split)
+        count = len(samples) if samples is not None else len(load_dataset(dataset, root, split).labels)
         needed, free = count * channels * size * size, _free_disk(folder.parent)
         if needed > 0.95 * free:
             raise NinError(f"{count:,} images of {channels}x{size}x{size} fit neither in memory nor on the cache's "
                            f"disk ({needed / 2 ** 30:.1f} GB; {free / 2 ** 30:.1f} GB free under {cache_dir()}): "
                            "lower --image-size, or pack elsewhere (nin data pack DATASET --out PACK, or NIN_CACHE_DIR)")
         log(f"{count:,} images of {channels}x{size}x{size} ({needed / 2 ** 30:.1f} GB) do not fit in memory: "
-            f"packing the {split} split once into {folder} and training from the pack (nin data pack does this "
+            f"packing the {split} split once into {folder} and reading it from there (nin data pack does this "
             "by hand)")
     return write_sources(folder, settings, {split: partial(_source, dataset, root, split, size, channels)},
                          log=lambda _: None)
+
+
+def _settings(dataset: str, root, image_size: int | None, channels: int | None) -> dict:
+    """The header fields a pack is made with; a stopped pack resumes only with the same ones."""
+    info = dataset_info(dataset)
+    size = image_size or info.size or FOLDER_SIZE
+    return {"format": FORMAT, "version": VERSION, "dataset": dataset,
+            "root": str(Path(root).expanduser().resolve()) if root is not None else None,
+            "shape": [channels or info.channels, size, size]}
 
 
 def _fingerprint(samples: list[tuple[Path, int]]) -> str:
@@ -93,13 +97,6 @@ def _fingerprint(samples: list[tuple[Path, int]]) -> str:
         stat = path.stat()
         digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     return digest.hexdigest()
-
-
-def _count(dataset: str, root, split: str) -> int:
-    info = dataset_info(dataset)
-    if info.samples is not None:
-        return len(info.samples(root, split)[1])
-    return len(load_dataset(dataset, root, split).labels)
 
 
 def _free_disk(folder: Path) -> int:
