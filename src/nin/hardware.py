@@ -84,3 +84,8 @@ def require_memory(needed: int, device: torch.device, what: str, advice: str) ->
 
 def gigabytes(count: int) -> str:
     return f"{count / 2 ** 30:.1f} GB"
+
+
+def readable_bytes(count: int) -> str:
+    """GB from 1 GB on, MB below (a small data set's 47 MB is not "0.0 GB")."""
+    return gigabytes(count) if count >= 2 ** 30 else f"{count / 2 ** 20:.0f} MB"

@@ -29,7 +29,7 @@ from .data.preprocess import make_preprocess, preprocess_from_state
 from .errors import Interrupted, NinError
 from .evaluate import evaluate, format_report
 from .defaults import MAX_WARMUP_FRACTION, resolve_eval_every, resolve_for_data, resolve_for_model
-from .hardware import autocast, free_memory, require_memory, resolve_device, use_bf16
+from .hardware import autocast, free_memory, readable_bytes, require_memory, resolve_device, use_bf16
 from .models import (create_model, default_cfg, fit_init_to_data, training_step_bytes,
                      variant_has_batch_norm)
 from .distributed import (World, all_reduce_sum, any_process, broadcast_from_main, close_world, device_for,
@@ -96,14 +96,11 @@ def memory_plan(data: Data, step_bytes: int, batch: int, device: torch.device) -
         else:
             held += images.numel() * images.element_size()
     free = free_memory(device)
-    return (f"memory: {_size(held)} of images held" + (f", {_size(mapped)} read from the pack through the page cache"
-                                                      if mapped else "")
-            + f", about {_size(step_bytes)} for a training step of {batch} images"
-            + (f"; {device.type} has {_size(free)} free" if free is not None else ""))
-
-
-def _size(count: int) -> str:
-    return f"{count / 2 ** 30:.1f} GB" if count >= 2 ** 30 else f"{count / 2 ** 20:.0f} MB"
+    line = f"memory: {readable_bytes(held)} of images held"
+    if mapped:
+        line += f", {readable_bytes(mapped)} read from the pack through the page cache"
+    line += f", about {readable_bytes(step_bytes)} for a training step of {batch} images"
+    return line + (f"; {device.type} has {readable_bytes(free)} free" if free is not None else "")
 
 
 def _subset(images: torch.Tensor, labels: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
