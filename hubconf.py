@@ -3,7 +3,8 @@
     model = torch.hub.load("path/to/network-in-network", "nin_cifar10", source="local",
                            weights="model.safetensors")
 
-``weights``: the name of weights shipped with the package (``"fashion-mnist"`` for ``nin_mnist_bn``), or a
+``weights``: the name of weights shipped with the package (``"fashion-mnist"`` for ``nin_mnist_bn``,
+``"fashion-mnist-plain"`` for ``nin_mnist``), or a
 ``.safetensors`` file written by ``nin export`` (the JSON beside it gives the model's arguments, classes and
 normalisation: ``model.info``). Without it the model has fresh random weights.
 Other keyword arguments are those of ``nin.create_model``. Like torchvision's, the model comes back in

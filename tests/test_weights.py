@@ -37,13 +37,16 @@ def test_create_model_and_torch_hub_load_the_fashion_mnist_weights():
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), hub.state_dict().values()))
     with pytest.raises(NinError, match="the shipped weights .* are nin_mnist_bn's, not nin_mnist's"):
         nin.create_model("nin_mnist", weights="fashion-mnist")
+    plain = nin.create_model("nin_mnist", weights="fashion-mnist-plain")  # the paper's network, no BatchNorm
+    assert plain.info.name == "nin_mnist" and plain.info.classes == model.info.classes
 
 
-def test_nin_eval_weights_scores_the_recorded_accuracy_on_the_real_test_set(fashion_mnist_root, capsys):
-    assert main(["eval", "--weights", "fashion-mnist", "--json", "--device", "cpu"]) == 0
+@pytest.mark.parametrize("name", SHIPPED_WEIGHTS)
+def test_nin_eval_weights_scores_the_recorded_accuracy_on_the_real_test_set(name, fashion_mnist_root, capsys):
+    assert main(["eval", "--weights", name, "--json", "--device", "cpu"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["n"] == 10_000
-    assert report["accuracy"] == pytest.approx(recorded("fashion-mnist")["source"]["test_accuracy"], abs=ELSEWHERE)
+    assert report["accuracy"] == pytest.approx(recorded(name)["source"]["test_accuracy"], abs=ELSEWHERE)
 
 
 def test_nin_predict_weights_names_a_trouser(fashion_mnist_root, tmp_path, capsys):

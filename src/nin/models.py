@@ -294,7 +294,8 @@ def _variant(name: str) -> VariantInfo:
 
 # Weights shipped inside the package (nin/weights/), torchvision style: create_model(model, weights=NAME).
 # Each is a `nin export` safetensors file whose JSON says how it was trained and what it scored.
-SHIPPED_WEIGHTS = {"fashion-mnist": ("nin_mnist_bn", "nin_mnist_bn-fashion-mnist.safetensors")}
+SHIPPED_WEIGHTS = {"fashion-mnist": ("nin_mnist_bn", "nin_mnist_bn-fashion-mnist.safetensors"),
+                   "fashion-mnist-plain": ("nin_mnist", "nin_mnist-fashion-mnist.safetensors")}  # the paper's
 
 
 def shipped_weights(name: str) -> tuple[str, Path]:
@@ -314,7 +315,9 @@ def create_model(name: str, *, weights: str | os.PathLike | None = None, **kwarg
     if isinstance(weights, str) and weights in SHIPPED_WEIGHTS:
         model, weights = shipped_weights(weights)
         if model != name:
-            raise NinError(f"the shipped weights {weights.stem} are {model}'s, not {name}'s")
+            own = [key for key, (owner, _) in SHIPPED_WEIGHTS.items() if owner == name]
+            raise NinError(f"the shipped weights {weights.stem} are {model}'s, not {name}'s"
+                           + (f"; {name}'s are {', '.join(own)}" if own else ""))
     if weights is not None:
         return _with_weights(name, weights, **kwargs)
     try:
