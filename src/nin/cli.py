@@ -19,6 +19,9 @@ EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: the run stopped cleanly and can be resumed
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a Unix tool returns when its reader (head, less) goes away
 
 
+WEIGHTS_HELP = "shipped weights instead of a run: fashion-mnist (nin_mnist_bn), fashion-mnist-plain (nin_mnist)"
+
+
 class Parser(argparse.ArgumentParser):
     """Usage errors in one line, with where to read more (argparse prints the whole usage block)."""
 
@@ -39,8 +42,7 @@ def get_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="test accuracy, error and per-class accuracy of a run")
     evaluate.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT", nargs="?",
                           help="a run, a checkpoint or an export (or --weights)")
-    evaluate.add_argument("--weights", metavar="NAME", help="shipped weights instead of a run: fashion-mnist (nin_mnist_bn), fashion-mnist-plain "
-                          "(nin_mnist, the paper's network)")
+    evaluate.add_argument("--weights", metavar="NAME", help=WEIGHTS_HELP)
     evaluate.add_argument("--dataset", help="default: the data set the run was trained on")
     evaluate.add_argument("--root", help="where the data set lies")
     evaluate.add_argument("--split", default="test",
@@ -87,8 +89,7 @@ def get_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="top-k classes for image files")
     predict.add_argument("paths", nargs="+", metavar="[CHECKPOINT] IMAGE",
                          help="a run, a checkpoint or an export, then the images (only the images with --weights)")
-    predict.add_argument("--weights", metavar="NAME", help="shipped weights instead of a run: fashion-mnist (nin_mnist_bn), fashion-mnist-plain "
-                          "(nin_mnist, the paper's network)")
+    predict.add_argument("--weights", metavar="NAME", help=WEIGHTS_HELP)
     predict.add_argument("--topk", type=int, default=5)
     predict.add_argument("--device", default="auto")
     predict.add_argument("--json", action="store_true")
