@@ -74,18 +74,19 @@ def free_memory(device: torch.device) -> int | None:
     return None
 
 
-def require_memory(needed: int, device: torch.device, what: str, advice: str) -> None:
-    """Refuse in one line, before allocating, what would not fit in the memory ``device`` has free."""
+def require_memory(needed: int, device: torch.device, what: str, advice: str,
+                   error: type[NinError] = NinError) -> None:
+    """Refuse in one line (``error``), before allocating, what would not fit in the memory ``device`` has free."""
     free = free_memory(device)
     if free is not None and needed > free:
-        raise NinError(f"{what} needs about {gigabytes(needed)} of memory and {device.type} has "
-                       f"{gigabytes(free)} free: {advice}")
+        raise error(f"{what} needs about {_gigabytes(needed)} of memory and {device.type} has "
+                       f"{_gigabytes(free)} free: {advice}")
 
 
-def gigabytes(count: int) -> str:
+def _gigabytes(count: int) -> str:
     return f"{count / 2 ** 30:.1f} GB"
 
 
 def readable_bytes(count: int) -> str:
     """GB from 1 GB on, MB below (a small data set's 47 MB is not "0.0 GB")."""
-    return gigabytes(count) if count >= 2 ** 30 else f"{count / 2 ** 20:.0f} MB"
+    return _gigabytes(count) if count >= 2 ** 30 else f"{count / 2 ** 20:.0f} MB"

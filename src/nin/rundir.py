@@ -19,6 +19,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 from . import checkpoint as ckpt
 from .errors import NinError
@@ -68,25 +69,8 @@ class RunFolder:
             raise NinError(f"cannot create the run folder {self.path}: {_reason(error)}") from None
 
     def _lock(self) -> None:
-        lock_path = self.path / LOCK_NAME
-        try:
-            stream = open(lock_path, "a+")
-        except OSError as error:
-            raise NinError(f"cannot write into the run folder {self.path}: {_reason(error)}") from None
-        if fcntl is not None:
-            try:
-                fcntl.flock(stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                stream.seek(0)
-                holder = stream.read().strip() or "another process"
-                stream.close()
-                raise NinError(f"{self.path} is in use by {holder}: wait for it to finish, or pick another "
-                               "--out") from None
-        stream.seek(0)
-        stream.truncate()
-        stream.write(f"process {os.getpid()} (nin train, started {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
-        stream.flush()
-        self._lock_file = stream
+        self._lock_file = lock_folder(self.path, f"the run folder {self.path}", "nin train", lambda holder: (
+            f"{self.path} is in use by {holder}: wait for it to finish, or pick another --out"))
 
     def release(self) -> None:
         """Unlock; a folder this process created for a run that never wrote a checkpoint is removed."""
@@ -171,6 +155,29 @@ def _complete_row(row: dict) -> bool:
         return all(row.get(name) not in (None, "") for name in METRIC_FIELDS) and int(row["epoch"]) > 0
     except ValueError:
         return False
+
+
+def lock_folder(folder: Path, what: str, command: str, busy: Callable[[str], str]):
+    """FOLDER/.lock held (flock) by this process until the returned file is closed (the kernel drops it when
+    the process ends); it names the holder. ``what`` names the folder in errors; ``busy(holder)`` is the
+    one-line error when another process holds it."""
+    try:
+        stream = open(folder / LOCK_NAME, "a+")
+    except OSError as error:
+        raise NinError(f"cannot write into {what}: {_reason(error)}") from None
+    if fcntl is not None:
+        try:
+            fcntl.flock(stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            stream.seek(0)
+            holder = stream.read().strip() or "another process"
+            stream.close()
+            raise NinError(busy(holder)) from None
+    stream.seek(0)
+    stream.truncate()
+    stream.write(f"process {os.getpid()} ({command}, started {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+    stream.flush()
+    return stream
 
 
 def _reason(error: OSError) -> str:

@@ -138,12 +138,10 @@ class DoesNotFit(NinError):
 
 
 def _require_pixels(count: int, channels: int, size: int) -> None:
-    needed, free = count * channels * size * size * HELD_BYTES_PER_PIXEL, hardware.free_memory(torch.device("cpu"))
-    if free is not None and needed > free:
-        raise DoesNotFit(f"{count:,} images of {channels}x{size}x{size} pixels need about "
-                         f"{hardware.gigabytes(needed)} of memory and cpu has {hardware.gigabytes(free)} free: lower "
-                         "--image-size, or pack the data set (nin data pack DATASET --root DIR --out PACK) and train "
-                         "from the pack (--root PACK)")
+    hardware.require_memory(count * channels * size * size * HELD_BYTES_PER_PIXEL, torch.device("cpu"),
+                            f"{count:,} images of {channels}x{size}x{size} pixels",
+                            "lower --image-size, or pack the data set (nin data pack DATASET --root DIR --out PACK) "
+                            "and train from the pack (--root PACK)", error=DoesNotFit)
 
 
 # --- file formats: where a split's files are, and how they are parsed --------------------------------

@@ -29,6 +29,8 @@ import torch
 
 from ..checkpoint import atomic_write
 from ..errors import NinError
+from ..hardware import readable_bytes
+from ..rundir import lock_folder
 from .datasets import FOLDER_SIZE, Split, cache_dir, dataset_info, load_dataset, reshape
 from .images import load_image
 from .packed import FORMAT, HEADER, VERSION, read_header, split_files
@@ -73,9 +75,9 @@ def auto_pack(dataset: str, root, split: str, image_size: int | None, channels: 
         needed, free = count * channels * size * size, _free_disk(folder.parent)
         if needed > 0.95 * free:
             raise NinError(f"{count:,} images of {channels}x{size}x{size} fit neither in memory nor on the cache's "
-                           f"disk ({needed / 2 ** 30:.1f} GB; {free / 2 ** 30:.1f} GB free under {cache_dir()}): "
+                           f"disk ({readable_bytes(needed)}; {readable_bytes(free)} free under {cache_dir()}): "
                            "lower --image-size, or pack elsewhere (nin data pack DATASET --out PACK, or NIN_CACHE_DIR)")
-        log(f"{count:,} images of {channels}x{size}x{size} ({needed / 2 ** 30:.1f} GB) do not fit in memory: "
+        log(f"{count:,} images of {channels}x{size}x{size} ({readable_bytes(needed)}) do not fit in memory: "
             f"packing the {split} split once into {folder} and reading it from there (nin data pack does this "
             "by hand)")
     return write_sources(folder, settings, {split: partial(_source, dataset, root, split, size, channels)},
@@ -132,19 +134,13 @@ def write_sources(out, settings: dict, sources: dict[str, Callable[[], Source]],
 
 def _claim(folder: Path):
     """The folder, created and locked against a second ``nin data pack`` writing into it."""
-    import fcntl
-
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        lock = open(folder / ".lock", "a+")
     except OSError as error:
         raise NinError(f"cannot write the pack folder {folder} ({error.strerror or error})") from None
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lock.close()
-        raise NinError(f"{folder} is being written by another nin data pack: wait for it to finish") from None
-    return lock
+    return lock_folder(folder, f"the pack folder {folder}", "nin data pack",
+                       lambda holder: f"{folder} is being written by another nin data pack ({holder}): wait for "
+                                      "it to finish")
 
 
 def _start_header(folder: Path, settings: dict) -> dict:
@@ -224,6 +220,7 @@ def _pack_split(folder: Path, split: str, source: Source, settings: dict, skip_b
                 bar.update(stop - start)
     if progress["rows"] == 0:
         raise NinError(f"no image of the {split} split could be read: nothing to pack")
+    # hashed once complete, by reading the file again: a hash kept while writing could not survive a resume
     entry = {"count": progress["rows"], "sha256": _sha256(images_file), "skipped": len(progress["skipped"])}
     _finish(folder, split, progress)
     log(f"{split}: {entry['count']:,} images of {'x'.join(map(str, source.shape))}"
