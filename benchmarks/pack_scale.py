@@ -12,11 +12,15 @@
    loader, augmentation (shifts, flips) and SGD step.
 3. Prints images/s of each (medians), the ratio (b)/(a), and the process's peak resident memory, of which
    anonymous (held by the process) and file-backed (the page cache's mapped pages, given back on demand).
+4. Checks `nin train`'s memory estimate of a training step (`training_step_bytes`) against the step's
+   measured memory: the peak of the process's anonymous resident memory during the first round of (a)
+   (sampled every few milliseconds), less what it held before that round.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
+import threading
 import time
 from pathlib import Path
 
@@ -26,8 +30,8 @@ import torch
 from nin.data import DeviceLoader, Normalize, load_dataset
 from nin.data.pack import Source, write_sources
 from nin.data.packed import FORMAT, VERSION
-from nin.hardware import describe_hardware
-from nin.models import count_parameters, create_model
+from nin.hardware import describe_hardware, readable_bytes
+from nin.models import count_parameters, create_model, training_step_bytes
 
 IMAGENET64 = 1_281_167
 
@@ -78,6 +82,27 @@ def memory() -> dict[str, float]:
     return fields
 
 
+class AnonymousPeak:
+    """The highest anonymous resident memory (in GB) seen while the block runs, sampled by a thread: the
+    kernel keeps a peak only of all resident memory, which here includes the pack's mapped pages."""
+
+    def __enter__(self):
+        self.before = self.peak = memory()["RssAnon"]
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, memory()["RssAnon"])
+            time.sleep(0.005)
+
+    def __exit__(self, *_):
+        self.running = False
+        self.thread.join()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=IMAGENET64)
@@ -105,8 +130,15 @@ def main() -> None:
     rates = {name: [] for name in loaders}
     for round_ in range(args.rounds):
         for name, loader in loaders.items():
-            rates[name].append(images_per_second(loader, model, args.steps, epoch=round_))
+            if round_ == 0 and name.startswith("(a)"):  # the first steps: nothing allocated for them yet
+                with AnonymousPeak() as step_memory:
+                    rates[name].append(images_per_second(loader, model, args.steps, epoch=round_))
+            else:
+                rates[name].append(images_per_second(loader, model, args.steps, epoch=round_))
     used = memory()
+    estimate = training_step_bytes(args.model, {"num_classes": args.classes, "in_channels": 3}, args.batch, 3,
+                                   args.image_size)
+    measured = (step_memory.peak - step_memory.before) * 2 ** 30
 
     pixels = train.images.numel() / 2 ** 30
     print(f"\n### Training from a pack: {len(train.labels):,} images of 3x{args.image_size}x{args.image_size} "
@@ -120,6 +152,9 @@ def main() -> None:
     ratio = statistics.median(rates["(b) from the pack"]) / statistics.median(rates["(a) in memory"])
     print(f"\n(b)/(a) = {ratio:.2f}; peak resident memory {used['VmHWM']:.1f} GB (now {used['RssAnon']:.1f} GB "
           f"anonymous, {used['RssFile']:.1f} GB mapped file pages) for {pixels:.1f} GB of pixels")
+    print(f"training step's memory: estimated {readable_bytes(estimate)} (nin train's memory line), measured "
+          f"{readable_bytes(measured)} (anonymous peak during the first steps, less before them): "
+          f"estimate/measured = {estimate / measured:.2f}")
     print(f"hardware: {describe_hardware('cpu')}", flush=True)
 
 

@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 import nin
-from nin.models import NIN, count_parameters, create_model, list_models, nin_cifar10
+from nin.models import (NIN, STEP_OVERHEAD_BYTES, _kept_bytes, count_parameters, create_model, list_models,
+                        nin_cifar10, training_step_bytes)
 
 
 class SeedNIN(nn.Module):
@@ -160,3 +161,14 @@ def test_section_4_6_conventional_cnn_has_three_convolutions_and_a_locally_conne
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     with pytest.raises(nin.NinError, match="built for 8x8 maps, got 7x7"):
         model(torch.randn(1, 3, 28, 28))
+
+
+def test_training_step_memory_counts_what_the_backward_pass_keeps():
+    # in-place ReLUs share their input's memory; max pooling keeps int64 indices, dropout a byte mask
+    assert _kept_bytes(nn.ReLU(inplace=True), 1000) == 0
+    assert _kept_bytes(nn.MaxPool2d(2), 1000) == 12_000
+    assert _kept_bytes(nn.Dropout(0.5), 1000) == 5_000
+    assert _kept_bytes(nn.Conv2d(1, 1, 1), 1000) == 4_000
+    small, double = (training_step_bytes("nin_mnist", {}, batch, 1, 28) for batch in (64, 128))
+    activations = double - small  # what 64 more images add: the batch's part, the fixed part cancels
+    assert small == activations + STEP_OVERHEAD_BYTES + 16 * count_parameters(create_model("nin_mnist"))

@@ -355,19 +355,35 @@ def variant_has_batch_norm(name: str) -> bool:
     return bool(_variant(name).defaults.get("batch_norm", False))
 
 
+# What the first training step allocates whatever the model and batch (kernels' scratch space, caches):
+# the part of the step's measured memory that does not grow with the batch (benchmarks/pack_scale.py
+# measures the step against this estimate).
+STEP_OVERHEAD_BYTES = 128 * 2 ** 20
+
+
 def training_step_bytes(name: str, kwargs: dict, batch: int, channels: int, size: int) -> int:
-    """About the memory one training step of ``batch`` images takes: every layer's float32 output (kept for
-    the backward pass; the gradients are freed layer by layer) and the weights four times (weights,
-    gradients, momentum, a spare). Found on the meta device: no memory is used to find out."""
+    """About the memory one training step of ``batch`` images takes: what the forward pass keeps for the
+    backward one, the gradient of the largest layer output on top of it during the backward pass, the
+    weights four times (weights, gradients, momentum, a spare) and a fixed overhead. Found on the meta
+    device: no memory is used to find out."""
+    kept = []
     with torch.device("meta"):
         model = create_model(name, **kwargs)
-        outputs = []
-        hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out.numel()))
+        hooks = [m.register_forward_hook(lambda m, _i, out: kept.append(_kept_bytes(m, out.numel())))
                  for m in model.modules() if not list(m.children())]
         model(torch.empty(batch, channels, size, size))
         for hook in hooks:
             hook.remove()
-    return 4 * (sum(outputs) + 4 * count_parameters(model))
+    return sum(kept) + max(kept) + 4 * 4 * count_parameters(model) + STEP_OVERHEAD_BYTES
+
+
+def _kept_bytes(layer: nn.Module, outputs: int) -> int:
+    """The bytes a layer adds to memory until the backward pass: its float32 output, nothing when it works
+    in place (the ReLUs), plus the int64 indices of max pooling and the one-byte mask of dropout."""
+    if getattr(layer, "inplace", False):
+        return 0
+    extra = {nn.MaxPool2d: 8, nn.Dropout: 1}.get(type(layer), 0)
+    return (4 + extra) * outputs
 
 
 def count_parameters(model: nn.Module) -> int:
