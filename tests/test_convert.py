@@ -13,7 +13,9 @@ from caffe_files import (NIN_CIFAR10, NIN_IMAGENET, caffe_forward, mean_binarypr
                          write_caffemodel)
 from nin.caffe import read_caffemodel
 from nin.cli import main
+from formats import write_cifar10
 from nin.convert import ILSVRC_MEAN_BGR, PYTORCHCV_MEAN, PYTORCHCV_STD
+from nin.data.preprocess import make_preprocess
 
 CIFAR_MEAN_RGB = (125.3, 123.0, 113.9)
 
@@ -84,6 +86,23 @@ def test_a_converted_model_predicts_and_exports_to_onnx(tmp_path, capsys):
     code, out, _ = run(["convert", "caffe", tmp_path / "c.caffemodel", "--model", "nin_cifar10", "--out",
                         tmp_path / "onnx", "--mean", "120,120,120", "--format", "onnx"], capsys)
     assert code == 0 and (tmp_path / "onnx.onnx").is_file()  # checked with onnxruntime as nin export does
+
+
+def test_the_authors_whitening_is_fitted_on_cifar10_when_asked(tmp_path, capsys):
+    # the authors fed their CIFAR-10 network GCN + ZCA-whitened images, which the .caffemodel does not hold
+    batches = write_cifar10(tmp_path / "data", n=4)
+    blobs = random_blobs(NIN_CIFAR10, 3)
+    write_caffemodel(tmp_path / "c.caffemodel", NIN_CIFAR10, blobs)
+    assert run(["convert", "caffe", tmp_path / "c.caffemodel", "--model", "nin_cifar10", "--out", tmp_path / "w",
+                "--fit-preprocess", "cifar10", "--root", tmp_path / "data"], capsys)[0] == 0
+
+    config = json.loads((tmp_path / "w.json").read_text())
+    assert config["preprocessing"]["kind"] == "gcn_zca" and config["dataset"] == "cifar10"
+    training = np.concatenate([batches[f"data_batch_{i}"][0] for i in range(1, 6)]).reshape(-1, 3, 32, 32)
+    whiten = make_preprocess("gcn_zca", torch.from_numpy(training))
+    images = rgb_images(4, 32)
+    reference = caffe_forward(NIN_CIFAR10, blobs, whiten(images), (0, 0, 0))
+    assert (converted_logits(tmp_path / "w.json", images) - reference).abs().max() < 1e-5 * reference.abs().max()
 
 
 def test_pooling_kinds_come_from_the_file_when_it_has_them(tmp_path):
