@@ -143,6 +143,27 @@ def test_a_damaged_pack_is_refused_in_one_line(packed, tmp_path):
         load_dataset("folder", bad_labels, "train")
 
 
+def test_nin_data_verify_rehashes_a_pack_and_finds_a_changed_byte(packed, tmp_path, capsys):
+    code, out, _ = run_cli(["data", "verify", packed], capsys)
+    assert code == 0 and "train: 18 images, sizes, labels and SHA-256 as recorded" in out
+    changed = shutil.copytree(packed, tmp_path / "changed")
+    with open(changed / "test.images", "r+b") as stream:  # same size, one pixel changed: only the hash sees it
+        first = stream.read(1)
+        stream.seek(0)
+        stream.write(bytes([first[0] ^ 1]))
+    code, _, err = run_cli(["data", "verify", changed], capsys)
+    assert code == 2 and "test.images does not match its SHA-256" in err and len(err.strip().splitlines()) == 1
+    for argv, message in ((["data", "verify", tmp_path], "is not a readable pack header"),
+                          (["data", "verify"], "nin data verify takes a PACK folder alone"),
+                          (["data", "verify", packed, "--out", tmp_path / "x"], "alone, not --out")):
+        try:
+            code = main([str(arg) for arg in argv])
+        except SystemExit as exit:  # the parser's own errors
+            code = exit.code
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--dataset", "mnist"], "is a pack of folder, not mnist: use --dataset folder"),
     (["--dataset", "folder", "--image-size", "32"], "holds images of 16 pixels a side, not 32: pack again with "

@@ -100,10 +100,12 @@ def get_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="check (or download) a data set and print its size; pack it",
                                usage="nin data DATASET [--root DIR] [--download]\n"
                                      "       nin data pack DATASET [--root DIR] --out PACK [--image-size N] "
-                                     "[--channels {1,3}] [--skip-bad-images]",
+                                     "[--channels {1,3}] [--skip-bad-images]\n"
+                                     "       nin data verify PACK",
                                description="nin data pack decodes a data set once into PACK, which any command "
                                            "then reads through a memory map with --root PACK (for data larger "
-                                           "than memory)")
+                                           "than memory); nin data verify PACK checks it against its "
+                                           "header's checksums")
     data.add_argument("dataset", metavar="DATASET")
     data.add_argument("packed", metavar="PACKED_DATASET", nargs="?", help=argparse.SUPPRESS)
     data.add_argument("--root")
@@ -308,6 +310,8 @@ def cmd_data(args) -> int:
 
     if args.dataset == "pack":
         return _pack(args)
+    if args.dataset == "verify":
+        return _verify(args)
     extra = [flag for flag, value in (("--out", args.out), ("--image-size", args.image_size),
                                       ("--channels", args.channels), ("--skip-bad-images", args.skip_bad_images),
                                       (args.packed, args.packed)) if value]
@@ -318,6 +322,19 @@ def cmd_data(args) -> int:
         part = load_dataset(args.dataset, args.root, split, download=args.download)
         print(f"{info.title} {split}: {len(part.labels)} images {tuple(part.images.shape[1:])}, "
               f"{len(part.classes)} classes")
+    return 0
+
+
+def _verify(args) -> int:
+    from .data.pack import verify_pack
+
+    extra = [flag for flag, value in (("--root", args.root), ("--out", args.out), ("--download", args.download),
+                                      ("--image-size", args.image_size), ("--channels", args.channels),
+                                      ("--skip-bad-images", args.skip_bad_images)) if value]
+    if not args.packed or extra:
+        args.command_parser.error(f"nin data verify takes a PACK folder alone{f', not {extra[0]}' if extra else ''}")
+    verify_pack(args.packed)
+    print(f"{args.packed}: every split as its header records")
     return 0
 
 

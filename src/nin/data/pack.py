@@ -33,7 +33,7 @@ from ..hardware import readable_bytes
 from ..rundir import lock_folder
 from .datasets import FOLDER_SIZE, Split, cache_dir, dataset_info, load_dataset, reshape
 from .images import load_image
-from .packed import FORMAT, HEADER, VERSION, read_header, split_files
+from .packed import FORMAT, HEADER, VERSION, load_packed, read_header, split_files
 
 CHUNK = 1024  # images decoded and written between two progress records
 
@@ -56,6 +56,20 @@ def write_pack(dataset: str, root, out, *, image_size: int | None = None, channe
     channels, size, _ = settings["shape"]
     sources = {split: partial(_source, dataset, root, split, size, channels) for split in dataset_info(dataset).splits}
     return write_sources(out, settings, sources, skip_bad=skip_bad, log=log)
+
+
+def verify_pack(folder, log: Callable[[str], None] = print) -> None:
+    """Check every split of the pack in ``folder`` against its header (files' sizes, labels, and the images'
+    SHA-256, read once end to end); a difference is refused in one line."""
+    folder = Path(folder).expanduser()
+    header = read_header(folder)
+    for split, entry in header["splits"].items():
+        load_packed(folder, header["dataset"], split, None, None)  # sizes and labels
+        images_file = split_files(folder, split)[0]
+        if _sha256(images_file) != entry["sha256"]:
+            raise NinError(f"{images_file} does not match its SHA-256 in {folder / HEADER}: the pack is damaged; "
+                           "pack it again")
+        log(f"{split}: {entry['count']:,} images, sizes, labels and SHA-256 as recorded")
 
 
 def auto_pack(dataset: str, root, split: str, image_size: int | None, channels: int | None, log) -> Path:
