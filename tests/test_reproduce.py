@@ -124,3 +124,18 @@ def test_claims_runs_the_rows_of_the_papers_comparisons_and_writes_their_verdict
     assert all(("holds by" in line or "reversed by" in line) and "| 1 |" in line for line in claims)
     said = next(line for line in lines if line.startswith("settings changed from the recipes: "))
     assert "dataset=fashion-mnist" in said and "epochs=1" in said
+
+
+def test_reproduce_run_again_with_the_same_out_reuses_its_runs(fashion_mnist_root, tmp_path, capsys):
+    argv = ["reproduce", "table5-gap", "--dataset", "fashion-mnist", "--out", str(tmp_path), *TINY]
+    assert main(argv) == 0
+    first = (tmp_path / "results.md").read_text()
+    checkpoint = tmp_path / "table5-gap" / "seed0" / "checkpoint.pt"
+    written = checkpoint.stat().st_mtime_ns
+    assert main(argv) == 0  # the finished run is read (evaluated again), not trained again
+    assert checkpoint.stat().st_mtime_ns == written
+    assert (tmp_path / "results.md").read_text() == first
+    capsys.readouterr()
+    assert main([*argv[:-len(TINY)], *TINY[:1], "2", *TINY[2:]]) == 2  # --epochs 2 against the run's 1
+    err = capsys.readouterr().err
+    assert "seed0 holds a run with epochs = 1, not 2: run with another --out" in err and err.count("\n") == 1

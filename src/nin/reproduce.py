@@ -6,11 +6,13 @@ the rows need is checked before any training starts.
 """
 from __future__ import annotations
 
+import csv
+import dataclasses
 import functools
 import statistics
-import time
 from pathlib import Path
 
+from .checkpoint import CHECKPOINT_NAME
 from .config import REPRODUCE_FIELDS, Recipe, TrainConfig, from_dict, list_recipes, read_recipe
 from .data import dataset_info
 from .data.splits import select_images
@@ -110,9 +112,8 @@ def check_data(configs: list[TrainConfig]) -> None:
 
 def reproduce(target: str, *, seeds: int = 1, out: str | Path = "reproduce", overrides: dict | None = None,
               log=print) -> Path:
-    """Train every row of ``target`` with ``seeds`` seeds; returns the path of ``results.md``."""
-    from .train import fit
-
+    """Train every row of ``target`` with ``seeds`` seeds; returns the path of ``results.md``. Run again
+    with the same ``out``, it reuses the runs there: finished ones are read, a stopped one continues."""
     if seeds < 1:
         raise NinError(f"--seeds must be 1 or more, got {seeds}")
     out, overrides = Path(out), dict(overrides or {})
@@ -121,11 +122,8 @@ def reproduce(target: str, *, seeds: int = 1, out: str | Path = "reproduce", ove
     check_data([config for configs in plans.values() for config in configs])
     results = []
     for row, configs in plans.items():
-        runs = []
-        for config in configs:
-            started = time.perf_counter()
-            metrics = fit(config, log=lambda line, row=row, seed=config.seed: log(f"[{row} seed {seed}] {line}"))
-            runs.append((metrics["error"], time.perf_counter() - started, metrics["run_dir"]))
+        runs = [_run_once(config, lambda line, row=row, seed=config.seed: log(f"[{row} seed {seed}] {line}"))
+                for config in configs]
         results.append((row, configs[0], runs))
         _write_results(out / "results.md", results, overrides)  # after every row: a partial table survives
         if target == "claims":
@@ -134,12 +132,40 @@ def reproduce(target: str, *, seeds: int = 1, out: str | Path = "reproduce", ove
     return out / "results.md"
 
 
+def _run_once(config: TrainConfig, log) -> tuple[float, float, str]:
+    """(error, training seconds, run folder) of one seed of a row. A folder that holds a run of an earlier
+    ``nin reproduce`` with the same --out is continued (a stopped run) or read (a finished one: evaluated
+    again), so that a reproduction of many hours can be stopped and run again."""
+    from .train import fit, resume_config
+
+    folder = Path(config.out)
+    if (folder / CHECKPOINT_NAME).is_file():
+        saved = resume_config(str(folder), {"progress": False})
+        _check_same_settings(saved, config)
+        metrics = fit(saved, resume=str(folder), log=log)
+    else:
+        metrics = fit(config, log=log)
+    with open(folder / "metrics.csv", newline="") as rows:
+        seconds = sum(float(epoch["seconds"]) for epoch in csv.DictReader(rows))
+    return metrics["error"], seconds, metrics["run_dir"]
+
+
+def _check_same_settings(saved: TrainConfig, planned: TrainConfig) -> None:
+    """A run found in the row's folder is reused only when it was started with the settings asked for now
+    (settings left to the run, None in ``planned``, are whatever it resolved them to)."""
+    for field in dataclasses.fields(planned):
+        asked, held = getattr(planned, field.name), getattr(saved, field.name)
+        if asked is not None and asked != held:
+            raise NinError(f"{planned.out} holds a run with {field.name} = {held!r}, not {asked!r}: run with "
+                           "another --out, or with the settings of the run there")
+
+
 def _write_results(path: Path, results: list, overrides: dict) -> None:
     lines = ["# nin reproduce", "", f"hardware: {describe_hardware(overrides.get('device', 'auto'))}", "",
              *(["evaluated on the paper's validation split (held out of the training images), not the test "
                 "set", ""] if overrides.get("eval_split") == "val" else []),
-             "| row | setting | data set | error to match | ours (mean ± std) | seeds | epochs | wall time "
-             "per run | run folders |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
+             "| row | setting | data set | error to match | ours (mean ± std) | seeds | epochs | training "
+             "time per run | run folders |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
     for row, config, runs in results:
         errors = [100 * error for error, _, _ in runs]
         spread = statistics.stdev(errors) if len(errors) > 1 else 0.0
