@@ -1,6 +1,7 @@
 """Tests for nin.data: every data set is read from tiny files written in its real on-disk format."""
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from pathlib import Path
@@ -13,6 +14,7 @@ from scipy.io import savemat
 
 from nin.data import DeviceLoader, Normalize, load_dataset, load_image
 from nin.data import readers
+from nin.data.preprocess import FIT_CHUNK_BYTES, rows_per_chunk
 from nin.errors import NinError
 
 from formats import (CIFAR10_NAMES, CIFAR100_NAMES, bump_mtime, cifar_arrays, palette_image, write_cifar10,
@@ -520,6 +522,13 @@ def test_normalize_fit_matches_numpy():
     normalised = normalize(images).double()
     np.testing.assert_allclose(normalised.mean(dim=(0, 2, 3)), 0.0, atol=1e-5)
     np.testing.assert_allclose(normalised.std(dim=(0, 2, 3), unbiased=False), 1.0, atol=1e-5)
+
+
+def test_fitting_large_images_converts_a_bounded_number_of_bytes_at_a_time():
+    # the chunk is a number of bytes, not of images: 8,192 images of 3x224x224 would be 10 GB of float64
+    for shape in ((1, 28, 28), (3, 64, 64), (3, 224, 224)):
+        rows = rows_per_chunk(torch.empty(0, *shape, dtype=torch.uint8))
+        assert rows * 8 * math.prod(shape) <= FIT_CHUNK_BYTES < (rows + 1) * 8 * math.prod(shape)
 
 
 def test_loader_same_seed_and_epoch_give_identical_batches():

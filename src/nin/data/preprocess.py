@@ -48,6 +48,15 @@ def _check_images(images: torch.Tensor, what: str) -> None:
 
 # --- standardisation (the toolkit's default) --------------------------------------------------------
 
+FIT_CHUNK_BYTES = 64 * 2 ** 20  # a fit's float64 copy of the images, a chunk at a time
+
+
+def rows_per_chunk(images: torch.Tensor) -> int:
+    """Images a fit converts to float64 at once: a fixed count would not do (8,192 images of 3x64x64 are
+    0.8 GB, of 3x224x224 10 GB, with as much again for their squares)."""
+    return max(1, FIT_CHUNK_BYTES // (8 * max(1, math.prod(images.shape[1:]))))
+
+
 class Normalize:
     """Per-channel (x - mean) / std with mean and std on the 0..1 scale; fitted on training images."""
 
@@ -56,14 +65,15 @@ class Normalize:
         self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
-    def fit(cls, images: torch.Tensor, chunk: int = 8192) -> "Normalize":
+    def fit(cls, images: torch.Tensor, chunk: int | None = None) -> "Normalize":
         channels = images.shape[1]
         total = torch.zeros(channels, dtype=torch.float64)
         squares = torch.zeros(channels, dtype=torch.float64)
+        chunk = chunk or rows_per_chunk(images)
         for start in range(0, len(images), chunk):  # chunked: a float copy of SVHN would be 7 GB
-            part = images[start:start + chunk].to(torch.float64) / 255.0
+            part = images[start:start + chunk].to(torch.float64).div_(255.0)
             total += part.sum(dim=(0, 2, 3))
-            squares += (part * part).sum(dim=(0, 2, 3))
+            squares += part.square_().sum(dim=(0, 2, 3))  # in place: one float64 copy at a time
         count = images.numel() / channels
         mean = total / count
         std = (squares / count - mean * mean).clamp_min(1e-12).sqrt()
@@ -181,7 +191,7 @@ class GcnZca:
         self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
-    def fit(cls, images: torch.Tensor, chunk: int = 4096, *, gcn: bool = True, scale: float = 55.0,
+    def fit(cls, images: torch.Tensor, chunk: int | None = None, *, gcn: bool = True, scale: float = 55.0,
             filter_bias: float = 0.1, min_divisor: float = 1e-8,
             device: str | torch.device | None = None) -> "GcnZca":
         _check_images(images, "GcnZca.fit")
@@ -196,6 +206,8 @@ class GcnZca:
         if filter_bias < 0:
             raise NinError(f"the ZCA filter bias must be 0 or more, got {filter_bias}")
         device = torch.device(device) if device is not None else images.device
+
+        chunk = chunk or rows_per_chunk(images)
 
         def vectors():  # GCN'd float64 rows, one chunk at a time
             for start in range(0, count, chunk):
