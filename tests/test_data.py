@@ -443,6 +443,33 @@ def test_second_load_reads_the_cache(tmp_path, cache, monkeypatch):
     assert second.classes == first.classes == CIFAR10_NAMES
 
 
+def test_a_full_disk_while_caching_costs_only_speed(tmp_path, cache, monkeypatch):
+    write_cifar10(tmp_path, n=2)
+    real_fdopen = os.fdopen
+
+    class FullDisk:  # the cache file takes a few bytes, then the disk is full
+        def __init__(self, *args, **kwargs):
+            self.file = real_fdopen(*args, **kwargs)
+
+        def write(self, data):
+            self.file.write(bytes(data)[:10])
+            raise OSError(28, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+    monkeypatch.setattr("nin.checkpoint.os.fdopen", FullDisk)
+    loaded = load_dataset("cifar10", tmp_path, "train")
+    assert torch.equal(loaded.images, load_dataset("cifar10", tmp_path, "train", cache=False).images)
+    assert not list(cache.iterdir())  # neither a cache entry nor its temporary file is left
+
+
 def test_cache_false_writes_nothing(tmp_path, cache):
     write_mnist(tmp_path / "MNIST" / "raw", n=2)
     load_dataset("mnist", tmp_path, "train", cache=False)

@@ -10,6 +10,7 @@ import io
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import torch
 
@@ -27,9 +28,10 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
     atomic_write(serialized.getbuffer(), path)
 
 
-def atomic_write(data: bytes | memoryview, path: str | os.PathLike) -> None:
+def atomic_write(data: bytes | memoryview | Callable[[BinaryIO], None], path: str | os.PathLike) -> None:
     """Write to a temporary file in the same folder, flush it to disk, then rename over ``path``:
-    a crash at any moment leaves either the old file or the new one, never a torn one."""
+    a crash at any moment leaves either the old file or the new one, never a torn one. ``data`` is the
+    bytes, or a function that writes them to the open file (for what should not be copied in memory)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed while writing
@@ -38,7 +40,7 @@ def atomic_write(data: bytes | memoryview, path: str | os.PathLike) -> None:
     try:
         os.fchmod(handle, 0o666 & ~_umask())  # mkstemp's 0600 would make checkpoints unlike the other files
         with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
+            data(stream) if callable(data) else stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temp_name, path)

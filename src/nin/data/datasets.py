@@ -316,10 +316,11 @@ def _cached(files: list[Path], key: tuple, parse, enabled: bool) -> Split:
             path.unlink(missing_ok=True)
     split = parse()
     try:
-        from ..checkpoint import atomic_save
+        from ..checkpoint import atomic_write
 
-        atomic_save(split._asdict(), path)
-    except OSError:
+        # streamed to the file: a copy in memory first would double what loading holds (it is the pixels)
+        atomic_write(lambda stream: torch.save(split._asdict(), stream), path)
+    except (OSError, RuntimeError):  # torch's zip writer may report a failed write as a RuntimeError
         pass  # a read-only or full cache only costs speed
     return split
 
