@@ -130,7 +130,7 @@ def reshape(split: Split, size: int | None, channels: int | None) -> Split:
     return Split(images.contiguous(), split.labels, split.classes) if images is not split.images else split
 
 
-HELD_BYTES_PER_PIXEL = 5  # the uint8 images, and a float32 copy while the preprocessing is fitted to them
+HELD_BYTES_PER_PIXEL = 5  # the uint8 images, with room for the float32 copies a resize or channel change makes
 
 
 class DoesNotFit(NinError):
