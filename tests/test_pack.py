@@ -240,6 +240,8 @@ def test_a_data_set_too_large_for_the_memory_is_packed_into_the_cache_and_traine
     assert all((p / f"{p.name.split('-')[1]}.images").is_file() for p in packs)
     code, out, err = run_cli([*argv, "--out", tmp_path / "again"], capsys)  # the pack is reused
     assert code == 0 and "packing" not in out, err
-    (folder / "train" / "red" / "0.png").unlink()  # a changed folder gets a new pack
+    (folder / "train" / "red" / "0.png").unlink()  # a changed folder gets a new pack, in place of the old one
     code, out, err = run_cli([*argv, "--out", tmp_path / "changed"], capsys)
     assert code == 0 and "17 images of 3x16x16" in out, err
+    renewed = sorted((tmp_path / "cache" / "packs").glob("folder-*"))
+    assert len(renewed) == 2 and renewed[0] == packs[0] and renewed[1] != packs[1]

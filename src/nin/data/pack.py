@@ -75,16 +75,19 @@ def verify_pack(folder, log: Callable[[str], None] = print) -> None:
 def auto_pack(dataset: str, root, split: str, image_size: int | None, channels: int | None, log) -> Path:
     """A split too large for memory, packed once into the cache (``NIN_CACHE_DIR``/packs), keyed by the data
     set, its root, the image shape and (for a folder) the split's files; refused in one line when the disk is
-    short. Packs of files that changed since are left behind (delete ``NIN_CACHE_DIR``/packs to reclaim them)."""
+    short. A pack of the same split made from files that have changed since is removed for the new one."""
     info = dataset_info(dataset)
     settings = _settings(dataset, root, image_size, channels)
     channels, size, _ = settings["shape"]
+    source = f"{dataset}-{split}-{_key(settings)}"  # one split a pack, of one source at one shape
     samples = info.samples(root, split)[1] if info.samples is not None else None
     if samples is not None:  # a changed folder gets a new pack
         settings["files"] = _fingerprint(samples)
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    folder = cache_dir() / "packs" / f"{dataset}-{split}-{key}"  # one split a pack: each keyed by its own files
+    folder = cache_dir() / "packs" / f"{source}-{_key(settings)}"
     if not (folder / f"{split}.images").is_file():
+        for stale in folder.parent.glob(f"{source}-*"):  # the same split's files as they were: never read again
+            if stale != folder:
+                shutil.rmtree(stale, ignore_errors=True)
         count = len(samples) if samples is not None else len(load_dataset(dataset, root, split).labels)
         needed, free = count * channels * size * size, _free_disk(folder.parent)
         if needed > 0.95 * free:
@@ -96,6 +99,10 @@ def auto_pack(dataset: str, root, split: str, image_size: int | None, channels: 
             "by hand)")
     return write_sources(folder, settings, {split: partial(_source, dataset, root, split, size, channels)},
                          log=lambda _: None)
+
+
+def _key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _settings(dataset: str, root, image_size: int | None, channels: int | None) -> dict:
