@@ -35,18 +35,18 @@ import torch
 from nin.config import from_dict
 from nin.train import prepare_data
 
-def kilobytes(key):
+def status_bytes(key):  # /proc/self/status gives kB
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(key + ":"))
     return int(line.split()[1]) * 1024
 
 root, size = sys.argv[1], int(sys.argv[2])
-before = kilobytes("VmRSS")
+before = status_bytes("VmRSS")
 started = time.perf_counter()
 config = from_dict({"dataset": "folder", "root": root, "image_size": size, "channels": 3, "model": "nin_cifar10",
                     "progress": False, "tensorboard": False})
 data = prepare_data(config, torch.device("cpu"))
 pixels = sum(loader.images.numel() for loader in (data.train, data.test))
-print(json.dumps({"seconds": time.perf_counter() - started, "added": kilobytes("VmHWM") - before,
+print(json.dumps({"seconds": time.perf_counter() - started, "added": status_bytes("VmHWM") - before,
                   "pixels": pixels, "images": len(data.train.images) + len(data.test.images)}))
 """
 

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import threading
 import time
@@ -128,12 +129,11 @@ def main() -> None:
                                                  train=True, translate=4, flip=True)}
     model = create_model(args.model, num_classes=args.classes, in_channels=3)
     rates = {name: [] for name in loaders}
+    step_memory = AnonymousPeak()
     for round_ in range(args.rounds):
         for name, loader in loaders.items():
-            if round_ == 0 and name.startswith("(a)"):  # the first steps: nothing allocated for them yet
-                with AnonymousPeak() as step_memory:
-                    rates[name].append(images_per_second(loader, model, args.steps, epoch=round_))
-            else:
+            first = round_ == 0 and name.startswith("(a)")  # the first steps: nothing allocated for them yet
+            with step_memory if first else contextlib.nullcontext():
                 rates[name].append(images_per_second(loader, model, args.steps, epoch=round_))
     used = memory()
     estimate = training_step_bytes(args.model, {"num_classes": args.classes, "in_channels": 3}, args.batch, 3,

@@ -80,7 +80,7 @@ def require_memory(needed: int, device: torch.device, what: str, advice: str,
     free = free_memory(device)
     if free is not None and needed > free:
         raise error(f"{what} needs about {_gigabytes(needed)} of memory and {device.type} has "
-                       f"{_gigabytes(free)} free: {advice}")
+                    f"{_gigabytes(free)} free: {advice}")
 
 
 def _gigabytes(count: int) -> str:
