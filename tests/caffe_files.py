@@ -68,21 +68,25 @@ def write_caffemodel(path, spec, blobs, generation: str = "v1", pooling_params: 
             name, arrays = next(weighted)
             messages.append(_layer(name, "Convolution", arrays, generation))
             messages.append(_layer(f"relu_{name}", "ReLU", [], generation))
-        pooling = field(1, {"max": 0, "avg": 1}[kind], wire=0) + field(2, kernel, wire=0) + field(3, stride, wire=0)
-        messages.append(_layer(f"pool_{kind}", "Pooling", [], generation, pooling if pooling_params else None))
+        pooling = (kind, kernel, stride) if pooling_params else None
+        messages.append(_layer(f"pool_{kind}", "Pooling", [], generation, pooling))
     messages.append(_layer("loss", "SoftmaxWithLoss", [], generation))
     number = 100 if generation == "new" else 2
     path.write_bytes(field(1, b"nin") + b"".join(field(number, m) for m in messages))
 
 
 V1_ENUM = {"Data": 5, "Convolution": 4, "ReLU": 18, "Pooling": 17, "SoftmaxWithLoss": 21}
+V0_TYPES = {"Convolution": "conv", "Pooling": "pool"}
+POOL_ENUM = {"max": 0, "avg": 1}
 
 
-def _layer(name: str, kind: str, arrays, generation: str, pooling: bytes | None = None) -> bytes:
-    if generation == "v0":  # a V1 entry holding a V0LayerParameter (field 1): name 1, type 2 as text, blobs 50
-        inner = field(1, name.encode()) + field(2, {"Convolution": "conv", "Pooling": "pool"}.get(kind, kind).lower()
-                                                .encode())
+def _layer(name: str, kind: str, arrays, generation: str, pool: tuple | None = None) -> bytes:
+    if generation == "v0":  # a V1 entry holding a V0LayerParameter (field 1): name 1, type 2 as text, pool 11,
+        inner = field(1, name.encode()) + field(2, V0_TYPES.get(kind, kind.lower()).encode())  # blobs 50
+        if pool and pool[0] != "max":  # Caffe writes no default value
+            inner += field(11, POOL_ENUM[pool[0]], wire=0)
         return field(1, inner + b"".join(field(50, blob(a, legacy=True)) for a in arrays))
+    pooling = _pooling_param(*pool) if pool else None
     if generation == "v1":  # V1LayerParameter: name 4, type 5 (enum), blobs 6, pooling_param 19
         out = field(4, name.encode()) + field(5, V1_ENUM[kind], wire=0)
         out += b"".join(field(6, blob(a, legacy=True)) for a in arrays)
@@ -90,6 +94,40 @@ def _layer(name: str, kind: str, arrays, generation: str, pooling: bytes | None 
     out = field(1, name.encode()) + field(2, kind.encode())  # LayerParameter: name 1, type 2, blobs 7, pooling 121
     out += b"".join(field(7, blob(a, legacy=False)) for a in arrays)
     return out + (field(121, pooling) if pooling else b"")
+
+
+def _pooling_param(kind: str, kernel: int, stride: int) -> bytes:
+    """A PoolingParameter: pool 1, kernel_size 2, stride 3."""
+    return field(1, POOL_ENUM[kind], wire=0) + field(2, kernel, wire=0) + field(3, stride, wire=0)
+
+
+def write_prototxt(path, spec, generation: str = "v1", mean_value=None, scale=None) -> None:
+    """The network's definition in protobuf's text format, as the authors' .prototxt files give it: a data
+    layer (with ``mean_value`` and ``scale`` in its transform_param when given), then per stage the
+    convolutions and a pooling layer; layer names as ``write_caffemodel`` writes them."""
+    transform = "".join(f" mean_value: {m}" for m in mean_value or ()) + (f" scale: {scale}" if scale else "")
+    assert not (transform and generation == "v0"), "V0 has no transform_param"
+    lines = ['name: "nin"  # written by the tests', _text_layer("data", "Data", generation,
+             f"transform_param {{{transform} }}" if transform else "")]
+    for name, kernel, stride, pad, widths, (kind, pool_kernel, pool_stride) in spec:
+        for position, width in enumerate(widths):
+            conv = name if position == 0 else f"cccp{name[-1]}-{position}"
+            size = kernel if position == 0 else 1
+            lines.append(_text_layer(conv, "Convolution", generation, f"num_output: {width} kernel_size: {size}"))
+        pool = f"pool: {kind.upper().replace('AVG', 'AVE')} kernel_size: {pool_kernel} stride: {pool_stride}"
+        lines.append(_text_layer(f"pool{name[-1]}", "Pooling", generation, pool))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _text_layer(name: str, kind: str, generation: str, params: str) -> str:
+    if generation == "v0":  # V0 keeps every parameter in the layer itself (kernelsize without the underscore)
+        return f'layers {{ layer {{ name: "{name}" type: "{V0_TYPES.get(kind, kind.lower())}" ' \
+               f'{params.replace("kernel_size", "kernelsize")} }} top: "{name}" }}'
+    block = {"Convolution": "convolution_param", "Pooling": "pooling_param"}.get(kind)
+    params = f"{block} {{ {params} }}" if block else params
+    if generation == "v1":
+        return f'layers {{\n  name: "{name}"\n  type: {kind.upper()}\n  {params}\n}}'
+    return f'layer {{\n  name: "{name}"\n  type: "{kind}"\n  {params}\n}}'
 
 
 def caffe_forward(spec, blobs, bgr_pixels: torch.Tensor, mean_bgr) -> torch.Tensor:

@@ -10,7 +10,7 @@ from PIL import Image
 
 import nin
 from caffe_files import (NIN_CIFAR10, NIN_IMAGENET, caffe_forward, mean_binaryproto, random_blobs,
-                         write_caffemodel)
+                         write_caffemodel, write_prototxt)
 from nin.caffe import read_caffemodel
 from nin.cli import main
 from formats import write_cifar10
@@ -75,7 +75,7 @@ def test_a_converted_model_predicts_and_exports_to_onnx(tmp_path, capsys):
     blobs = random_blobs(NIN_CIFAR10, 3)
     write_caffemodel(tmp_path / "c.caffemodel", NIN_CIFAR10, blobs)
     mean_file = tmp_path / "mean.binaryproto"
-    mean_file.write_bytes(mean_binaryproto(CIFAR_MEAN_RGB[::-1]))
+    mean_file.write_bytes(mean_binaryproto(CIFAR_MEAN_RGB))  # in the order the network reads: RGB for this one
     assert run(["convert", "caffe", tmp_path / "c.caffemodel", "--model", "nin_cifar10", "--out", tmp_path / "m",
                 "--mean-file", mean_file], capsys)[0] == 0
     assert nin.load(tmp_path / "m.safetensors").info.mean == pytest.approx([m / 255 for m in CIFAR_MEAN_RGB])
@@ -116,6 +116,37 @@ def test_pooling_kinds_come_from_the_file_when_it_has_them(tmp_path):
     assert [layer.name for layer in layers if layer.blobs][:2] == ["conv1", "cccp1-1"]
 
 
+@pytest.mark.parametrize("generation", ["v0", "v1", "new"])
+def test_a_prototxt_gives_the_pooling_kinds_a_caffemodel_leaves_out(generation, tmp_path, capsys):
+    blobs = random_blobs(NIN_CIFAR10, 3)
+    spec = [(*stage[:5], ("max", *stage[5][1:])) for stage in NIN_CIFAR10]  # every pooling left at Caffe's default
+    write_caffemodel(tmp_path / "bare.caffemodel", spec, blobs, generation, pooling_params=False)
+    write_prototxt(tmp_path / "train_val.prototxt", NIN_CIFAR10, generation)  # the second pooling: AVE
+    code, _, _ = run(["convert", "caffe", tmp_path / "bare.caffemodel", "--model", "nin_cifar10", "--out",
+                      tmp_path / "nin", "--prototxt", tmp_path / "train_val.prototxt", "--mean", "0,0,0"], capsys)
+    assert code == 0
+
+    images = rgb_images(4, 32)
+    reference = caffe_forward(NIN_CIFAR10, blobs, images, (0, 0, 0))
+    assert (converted_logits(tmp_path / "nin.json", images) - reference).abs().max() < 1e-5 * reference.abs().max()
+
+
+def test_a_prototxt_data_layer_gives_the_mean_and_scale(tmp_path, capsys):
+    blobs = random_blobs(NIN_IMAGENET, 3)
+    write_caffemodel(tmp_path / "nin_imagenet.caffemodel", NIN_IMAGENET, blobs, "new")
+    mean_bgr, scale = (100.0, 110.0, 120.0), 0.5
+    write_prototxt(tmp_path / "deploy.prototxt", NIN_IMAGENET, "new", mean_value=mean_bgr, scale=scale)
+    assert run(["convert", "caffe", tmp_path / "nin_imagenet.caffemodel", "--model", "nin_imagenet", "--out",
+                tmp_path / "imagenet", "--prototxt", tmp_path / "deploy.prototxt"], capsys)[0] == 0
+
+    images = rgb_images(2, 224)
+    reference = caffe_forward(NIN_IMAGENET, [(n, [w * scale, b]) for n, (w, b) in blobs[:1]] + blobs[1:],
+                              images.flip(1), mean_bgr)  # Caffe scales the centred pixels: the first layer sees it
+    logits = converted_logits(tmp_path / "imagenet.json", images)
+    assert (logits - reference).abs().max() < 1e-5 * reference.abs().max()
+    assert nin.load(tmp_path / "imagenet.json").info.mean == pytest.approx([m / 255 for m in mean_bgr[::-1]])
+
+
 def test_bad_caffe_files_and_options_are_one_line(tmp_path, capsys):
     blobs = random_blobs(NIN_CIFAR10, 3)
     good = tmp_path / "cifar10.caffemodel"
@@ -125,8 +156,25 @@ def test_bad_caffe_files_and_options_are_one_line(tmp_path, capsys):
     wide = [(name, [arrays[0][:, :, :3, :3], arrays[1]]) if name == "conv2" else (name, arrays)
             for name, arrays in blobs]
     write_caffemodel(tmp_path / "wide.caffemodel", NIN_CIFAR10, wide)
+    write_prototxt(tmp_path / "imagenet.prototxt", NIN_IMAGENET)
+    write_prototxt(tmp_path / "cifar.prototxt", NIN_CIFAR10)
+    text = (tmp_path / "cifar.prototxt").read_text()
+    (tmp_path / "half.prototxt").write_text(text[: text.rindex("}")])  # the last layer left open
+    (tmp_path / "two_means.prototxt").write_text('layer { name: "data" transform_param { mean_value: [1, 2] } }\n'
+                                                 + text)
+    (tmp_path / "negative.prototxt").write_text('layer { name: "data" transform_param { scale: -1 } }\n' + text)
+    (tmp_path / "empty.prototxt").write_text("# nothing here\n")
     convert = ["convert", "caffe"]
+    cifar = [good, "--model", "nin_cifar10", "--mean", "1,2,3", "--prototxt"]
     cases = [
+        ([*cifar, tmp_path / "imagenet.prototxt"], "describes 12 layers with weights (conv1, cccp1-1, cccp1-2, conv2...)"
+                                                   ", " f"{good} holds 9 (conv1, cccp1-1, cccp1-2, conv2...): not the same"),
+        ([*cifar, tmp_path / "half.prototxt"], "not a readable Caffe prototxt (a message has no closing brace"),
+        ([*cifar, good], "not a readable Caffe prototxt"),
+        ([*cifar, tmp_path / "nowhere.prototxt"], "no file at"),
+        ([*cifar, tmp_path / "empty.prototxt"], "holds no Caffe layers"),
+        ([*cifar, tmp_path / "two_means.prototxt"], "mean_value [1.0, 2.0] is neither one number nor one a channel"),
+        ([*cifar, tmp_path / "negative.prototxt"], "scale -1.0 is not a positive number"),
         ([tmp_path / "half.caffemodel", "--model", "nin_cifar10", "--mean", "1,2,3"], "the file is truncated"),
         ([tmp_path / "text.caffemodel", "--model", "nin_cifar10", "--mean", "1,2,3"], "not a readable Caffe model"),
         ([tmp_path / "missing.caffemodel", "--model", "nin_cifar10", "--mean", "1,2,3"], "no file at"),
@@ -221,6 +269,7 @@ def test_other_state_dicts_and_wrong_options_are_one_line(tmp_path, capsys):
         ([tmp_path / "cifar.pth", "--original", "pytorchcv:nin_cifar100"], "cifar.pth: layer 'output.final_conv"
          ".conv' has a blob of shape (10, 192, 1, 1), the model expects (100, 192, 1, 1)"),
         ([tmp_path / "cifar.pth", "--mean", "1,2,3"], "--mean is for Caffe files"),
+        ([tmp_path / "cifar.pth", "--prototxt", tmp_path / "cifar.pth"], "--prototxt is for Caffe files"),
     ]
     for argv, message in cases:
         code, _, err = run(["convert", "torch", *argv, "--out", tmp_path / "out"], capsys)

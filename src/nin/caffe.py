@@ -1,11 +1,12 @@
 """Reading Caffe's files without Caffe: a ``.caffemodel`` (a NetParameter protobuf) as a list of layers
-with their weights, and a mean ``.binaryproto`` (a BlobProto), from the protobuf wire format.
+with their weights, and a mean ``.binaryproto`` (a BlobProto), from the protobuf wire format; a
+``.prototxt`` (the same NetParameter in protobuf's text format, without weights) from its text.
 
 Caffe's schema (caffe.proto) has three generations of layers, all read here:
 - ``layer`` (field 100, LayerParameter: name 1, type 2 as text, blobs 7), Caffe from 2015 on;
 - ``layers`` (field 2, V1LayerParameter: name 4, type 5 as an enum, blobs 6), the 2014 files, the
   authors' NIN releases among them;
-- V0, nested in a V1 entry (field 1, V0LayerParameter: name 1, type 2 as text, blobs 50).
+- V0, nested in a V1 entry (field 1, V0LayerParameter: name 1, type 2 as text, pool 11, blobs 50).
 A BlobProto gives its shape as ``shape`` (field 7, BlobShape: dim 1) or the legacy num/channels/height/
 width (fields 1-4), its values as ``data`` (5, float32) or ``double_data`` (8). Pooling parameters
 (PoolingParameter: pool 1, 0 = MAX, 1 = AVE; global_pooling 12) say which pooling each layer does.
@@ -13,6 +14,7 @@ width (fields 1-4), its values as ``data`` (5, float32) or ``double_data`` (8). 
 from __future__ import annotations
 
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ V1_TYPES = {4: "Convolution", 6: "Dropout", 14: "InnerProduct", 17: "Pooling", 1
 POOL_KINDS = {0: "max", 1: "avg", 2: "stochastic"}
 # where each generation keeps a layer's name, type, blobs and pooling parameters
 LAYER_FIELDS = {"layer": (1, 2, 7, 121), "v1": (4, 5, 6, 19), "v0": (1, 2, 50, None)}
+V0_POOL_FIELD = 11  # V0 keeps its pooling kind in the layer itself (an enum: MAX = 0, AVE = 1)
 
 
 @dataclass
@@ -97,8 +100,10 @@ def _layer(data: bytes, generation: str) -> Layer:
             layer.blobs.append(_blob(value))
         elif number == pooling_field and wire == 2:
             layer.pool, layer.global_pool = _pooling(value)
-    if layer.type.lower() == "pooling" and layer.pool is None and generation != "v0":
-        layer.pool = "max"  # PoolingParameter's default (V0 keeps its pooling elsewhere: not read, left unknown)
+        elif generation == "v0" and number == V0_POOL_FIELD and wire == 0:
+            layer.pool = POOL_KINDS.get(value, f"kind {value}")
+    if layer_kind(layer.type) in ("pooling", "pool") and layer.pool is None:
+        layer.pool = "max"  # the default of every generation, which Caffe does not write
     return layer
 
 
@@ -187,3 +192,96 @@ def _varint(data, position: int) -> tuple[int, int]:
         shift += 7
         if shift > 63:
             raise WireError("a varint is longer than 10 bytes")
+
+
+# --- the text format: a .prototxt (the network's definition, without weights) ---
+
+_TOKEN = re.compile(r'\s+|#[^\n]*|"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|[{}:\[\],;]|[^\s{}:\[\],;#"\']+')
+WEIGHTED_TYPES = {"convolution", "conv", "innerproduct"}  # lower case, no underscores: every generation's name
+
+
+def read_prototxt(path: str | os.PathLike) -> tuple[list[Layer], dict]:
+    """A .prototxt's layers in file order (names, types and pooling; no blobs) and its data layer's
+    ``transform_param`` (mean_value, scale, crop_size), every generation of Caffe's format."""
+    try:
+        text = _read(path).decode()
+        net = _message(_tokens(text), top=True)
+        layers = [_text_layer(entry) for entry in net.get("layer", []) + net.get("layers", [])]
+    except (WireError, UnicodeDecodeError, TypeError, ValueError) as error:
+        raise NinError(f"{path} is not a readable Caffe prototxt ({error})") from None
+    if not layers:
+        raise NinError(f"{path} holds no Caffe layers: expected a network definition (layer {{ ... }} entries)")
+    transforms = [entry["transform_param"][0] for entry in net.get("layer", []) + net.get("layers", [])
+                  if isinstance(entry.get("transform_param", [None])[0], dict)]
+    return layers, transforms[0] if transforms else {}
+
+
+def _tokens(text: str):
+    position = 0
+    while position < len(text):
+        match = _TOKEN.match(text, position)
+        if not match:
+            raise WireError(f"unreadable text at character {position}")
+        position = match.end()
+        token = match.group()
+        if not token.isspace() and not token.startswith("#"):
+            yield token
+
+
+def _message(tokens, top: bool = False) -> dict:
+    """``name: value`` and ``name { ... }`` fields up to the closing brace (or the end, at the top) as
+    {name: [values]}; strings lose their quotes, numbers become floats, enum names stay text."""
+    fields: dict[str, list] = {}
+    for token in tokens:
+        if token == "}" and not top:
+            return fields
+        if token in ",;":
+            continue
+        following = next(tokens, None)
+        if following == ":":
+            following = next(tokens, None)
+        if following == "{":
+            fields.setdefault(token, []).append(_message(tokens))
+        elif following == "[":  # a repeated field's values at once: mean_value: [104, 117, 123]
+            fields.setdefault(token, []).extend(_scalar(t) for t in _until_bracket(tokens) if t != ",")
+        elif following is None or following in "}:[]":
+            raise WireError(f"field {token!r} has no value")
+        else:
+            fields.setdefault(token, []).append(_scalar(following))
+    if not top:
+        raise WireError("a message has no closing brace: the file is truncated")
+    return fields
+
+
+def _until_bracket(tokens):
+    for token in tokens:
+        if token == "]":
+            return
+        yield token
+    raise WireError("a list has no closing bracket: the file is truncated")
+
+
+def _scalar(token: str):
+    if token[0] in "\"'":
+        return token[1:-1]
+    try:
+        return float(token)
+    except ValueError:
+        return token  # an enum's name (MAX, CONVOLUTION) or true/false
+
+
+def _text_layer(entry: dict) -> Layer:
+    if isinstance(entry.get("layer", [None])[0], dict):  # a V0 layer inside a V1 entry
+        entry = entry["layer"][0]
+    layer = Layer(name=str(entry.get("name", [""])[0]), type=str(entry.get("type", [""])[0]))
+    pooling = entry.get("pooling_param", [entry])[0]  # V0 keeps pool: at the layer's level
+    if layer_kind(layer.type) in ("pooling", "pool"):
+        kind = str(pooling.get("pool", ["MAX"])[0])
+        layer.pool = {"MAX": "max", "AVE": "avg"}.get(kind, kind.lower())
+        layer.global_pool = str(pooling.get("global_pooling", ["false"])[0]).lower() == "true"
+    return layer
+
+
+def layer_kind(layer_type: str) -> str:
+    """A layer's type as one name across generations: Convolution, CONVOLUTION -> convolution; V0's conv stays."""
+    return layer_type.lower().replace("_", "")

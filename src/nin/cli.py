@@ -78,9 +78,12 @@ def get_parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", required=True, metavar="PATH", help="writes PATH.safetensors (or .onnx, "
                          ".torchscript.pt) and PATH.json, as nin export does")
     convert.add_argument("--format", default="safetensors", metavar="{safetensors,onnx,torchscript}")
+    convert.add_argument("--prototxt", metavar="NET.prototxt", help="caffe: the network's definition (its "
+                         "pooling kinds, its data layer's mean_value and scale), checked against the model's layers")
     convert.add_argument("--mean", metavar="R,G,B", help="the mean pixel (0..255) the original subtracts "
                          "(default: the original's, when known)")
-    convert.add_argument("--mean-file", metavar="MEAN.binaryproto", help="Caffe's mean image: its per-channel mean")
+    convert.add_argument("--mean-file", metavar="MEAN.binaryproto", help="Caffe's mean image: its "
+                         "per-channel mean (channels in the order the network reads: BGR for nin_imagenet)")
     convert.add_argument("--fit-preprocess", metavar="DATASET", help="fit GCN + ZCA whitening on DATASET's "
                          "training images instead (the authors' CIFAR-10 preprocessing)")
     convert.add_argument("--root", help="where that data set lies")
@@ -206,7 +209,7 @@ def cmd_convert(args) -> int:
     from .convert import convert_caffe, convert_torch
 
     if args.source == "torch":
-        unused = [flag for flag in ("model", "mean", "mean_file", "fit_preprocess") if getattr(args, flag)]
+        unused = [flag for flag in ("model", "prototxt", "mean", "mean_file", "fit_preprocess") if getattr(args, flag)]
         if unused:
             raise NinError(f"--{unused[0].replace('_', '-')} is for Caffe files; a PyTorch port's preprocessing "
                            "is known (--original names the port)")
@@ -218,7 +221,7 @@ def cmd_convert(args) -> int:
             raise NinError("--original names a PyTorch port (nin convert torch); a Caffe file needs --model")
         written = convert_caffe(args.file, args.model, args.out, file_format=args.format,
                                 mean=_floats(args.mean, "--mean"), mean_file=args.mean_file,
-                                fit_preprocess=args.fit_preprocess, root=args.root)
+                                fit_preprocess=args.fit_preprocess, root=args.root, prototxt=args.prototxt)
     config = json.loads(written["config"].read_text())
     print(f"wrote {written['model']} and {written['config']} ({config['model']} from {args.file}: "
           f"{config['source']['released_by']})")

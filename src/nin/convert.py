@@ -81,16 +81,22 @@ TORCH_ORIGINALS = {
 
 def convert_caffe(path: str | os.PathLike, model_name: str, out: str | os.PathLike, *, file_format: str = "safetensors",
                   mean: tuple[float, ...] | None = None, mean_file: str | None = None,
-                  fit_preprocess: str | None = None, root: str | None = None) -> dict:
+                  fit_preprocess: str | None = None, root: str | None = None, prototxt: str | None = None) -> dict:
     """Convert a .caffemodel of ``model_name`` (nin_cifar10 or nin_imagenet); returns what ``export_model``
-    returns. ``mean`` (R, G, B on 0..255) or ``mean_file`` (a .binaryproto) replace the original's mean;
-    ``fit_preprocess`` names a data set whose training images fit a gcn_zca preprocessing instead."""
+    returns. ``prototxt`` (the network's definition) gives the pooling kinds and the data layer's mean and
+    scale, and must name the same layers with weights. ``mean`` (R, G, B on 0..255) or ``mean_file`` (a
+    .binaryproto) replace the original's mean; ``fit_preprocess`` names a data set whose training images
+    fit a gcn_zca preprocessing instead."""
     original = _known(CAFFE_ORIGINALS, model_name, "Caffe original", "model")
-    layers = caffe.read_caffemodel(path)
-    kwargs = {**original.kwargs, **_poolings(layers, model_name)}
+    layers = described = caffe.read_caffemodel(path)
+    if prototxt is not None:
+        described, transform = caffe.read_prototxt(prototxt)
+        _check_same_network(layers, described, path, prototxt)
+        original = _with_transform(original, transform)
+    kwargs = {**original.kwargs, **_poolings(described, model_name)}
     weighted = [(layer.name, layer.blobs) for layer in layers if layer.blobs]
     if mean_file is not None:
-        mean = caffe.read_mean(mean_file).mean(axis=(1, 2))[::-1]  # per channel, BGR -> RGB
+        mean = _rgb(original, caffe.read_mean(mean_file).mean(axis=(1, 2)))
     if mean is not None:
         original = replace(original, mean=tuple(float(m) / 255 for m in mean))
     if fit_preprocess:
@@ -113,6 +119,34 @@ def convert_torch(path: str | os.PathLike, out: str | os.PathLike, *, original: 
     else:
         chosen = _recognise(weighted, path)
     return _write(weighted, chosen, path, out, file_format)
+
+
+def _check_same_network(layers: list[caffe.Layer], described: list[caffe.Layer], path, prototxt) -> None:
+    """The prototxt's layers with weights are the caffemodel's, by name and order."""
+    held = [layer.name for layer in layers if layer.blobs]
+    named = [layer.name for layer in described if caffe.layer_kind(layer.type) in caffe.WEIGHTED_TYPES]
+    if held != named:
+        raise NinError(f"{prototxt} describes {len(named)} layers with weights ({', '.join(named[:4])}...), {path} "
+                       f"holds {len(held)} ({', '.join(held[:4])}...): not the same network")
+
+
+def _with_transform(original: Original, transform: dict) -> Original:
+    """The data layer's ``mean_value`` (one, or one a channel, in the network's channel order, 0..255) and
+    ``scale`` (Caffe multiplies the centred pixels by it) as the original's standardisation."""
+    means, scale = transform.get("mean_value", []), transform.get("scale", [1.0])[0]
+    if means:
+        if len(means) not in (1, 3) or not all(isinstance(m, float) for m in means):
+            raise NinError(f"the prototxt's mean_value {means} is neither one number nor one a channel")
+        original = replace(original, mean=tuple(m / 255 for m in _rgb(original, means * (3 // len(means)))))
+    if not isinstance(scale, float) or scale <= 0:
+        raise NinError(f"the prototxt's scale {scale!r} is not a positive number")
+    return replace(original, std=(1 / (255 * scale),) * 3)
+
+
+def _rgb(original: Original, values) -> list[float]:
+    """Per-channel values in the network's own channel order, put in RGB order."""
+    values = [float(v) for v in values]
+    return values[::-1] if original.channel_order == "bgr" else values
 
 
 def _known(table: dict, name: str, what: str, flag: str) -> Original:
