@@ -77,6 +77,8 @@ def test_a_bad_recipe_file_is_one_line(tmp_path, capsys, folder_data, text, mess
     (["--eval-every", "0"], "eval-every must be positive, got 0"),
     (["--eval-every", "-2"], "eval-every must be positive, got -2"),
     (["--momentum", "-0.9"], "momentum must be zero or more"),
+    (["--width", "0"], "width must be positive, got 0.0"),
+    (["--width", "40"], "width 40.0 is not a multiplier in (0, 16]"),
     (["--dropout", "1"], "dropout must be below 1"),
     (["--dropout", "-0.1"], "dropout must be zero or more, got -0.1"),
     (["--grad-clip", "-1"], "grad-clip must be zero or more, got -1.0"),

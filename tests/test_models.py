@@ -97,6 +97,18 @@ def test_fully_connected_heads_for_table_5(head, dropouts):
         assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_a_width_multiplier_scales_every_layer_but_the_class_maps():
+    half = create_model("nin_cifar10", width=0.5)
+    convs = [m for m in half.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [96, 80, 48, 96, 96, 96, 96, 96, 10]
+    assert 0.2 < count_parameters(half) / count_parameters(create_model("nin_cifar10")) < 0.3
+    for name, head, (channels, size) in [("cnn_sec46", "gap", (3, 32)), ("cnn_sec46", "fc_dropout", (3, 32)),
+                                         ("nin_mnist_bn", "fc", (1, 28))]:
+        model = create_model(name, width=0.5, head=head).eval()
+        with torch.no_grad():
+            assert model(torch.randn(2, channels, size, size)).shape == (2, 10)
+
+
 def test_gaussian_init_is_the_authors_std_005():
     model = create_model("nin_cifar10", init="gaussian")
     weight = model.features2[0].weight
@@ -117,7 +129,8 @@ def test_default_init_starts_every_class_map_alive():
 @pytest.mark.parametrize("kwargs,message", [
     ({"head": "mlp"}, "unknown head"), ({"init": "xavier"}, "unknown init"),
     ({"pools": ("max",)}, "pools needs 2"), ({"pools": ("max", "min")}, "unknown pooling"),
-    ({"widths": 3}, "bad argument"),
+    ({"widths": 3}, "bad argument"), ({"width": 0}, "width 0 is not a multiplier"),
+    ({"width": -0.5}, "width -0.5 is not"), ({"width": 17}, "width 17 is not"), ({"width": "half"}, "width 'half'"),
 ])
 def test_bad_options_raise_a_clear_error(kwargs, message):
     with pytest.raises(nin.NinError, match=message):

@@ -96,12 +96,13 @@ class NIN(nn.Module):
     def __init__(self, arch: Arch, *, num_classes: int | None = None, in_channels: int | None = None,
                  dropout: float = 0.5, pools: tuple[str, ...] | None = None, head: str = "gap",
                  relu_before_gap: bool = True, batch_norm: bool = False, init: str = "kaiming",
-                 fc_width: int | None = None, input_size: int | None = None, pool_ceil: bool | None = None):
+                 fc_width: int | None = None, input_size: int | None = None, pool_ceil: bool | None = None,
+                 width: float = 1.0):
         super().__init__()
         _check_choice("head", head, HEADS)
         _check_choice("init", init, INITS)
         self.num_classes = num_classes or arch.num_classes
-        stages = _resolve_stages(arch, self.num_classes, pools, head, fc_width)
+        stages = _resolve_stages(_widened(arch, width), self.num_classes, pools, head, fc_width)
         channels = in_channels or arch.in_channels
         if pool_ceil is not None:  # Caffe's pooling (ceil mode, no padding) or the seed's (padding 1, floor)
             arch = replace(arch, pool_padding=0 if pool_ceil else 1, pool_ceil=pool_ceil)
@@ -145,6 +146,17 @@ class NIN(nn.Module):
 def _check_choice(what: str, value, choices) -> None:
     if value not in choices:
         raise NinError(f"unknown {what} {value!r}: expected one of {', '.join(choices)}")
+
+
+def _widened(arch: Arch, width: float) -> Arch:
+    """Every layer ``width`` times as wide, rounded (a width multiplier, as MobileNet's): the class maps
+    that end a GAP network are set afterwards, so they stay one per class. Compute scales about as its square."""
+    if not (isinstance(width, (int, float)) and 0 < width <= 16):
+        raise NinError(f"width {width!r} is not a multiplier in (0, 16]: 1 is the variant's own widths")
+    if width == 1:
+        return arch
+    stages = tuple(replace(s, widths=tuple(max(1, round(w * width)) for w in s.widths)) for s in arch.stages)
+    return replace(arch, stages=stages)
 
 
 def _resolve_stages(arch: Arch, num_classes: int, pools, head: str, fc_width) -> list[Stage]:

@@ -126,6 +126,8 @@ def model_arguments(config: TrainConfig, num_classes: int, channels: int, size: 
                   head=config.head, relu_before_gap=config.relu_before_gap, input_size=size)
     if config.pools:
         kwargs["pools"] = tuple(config.pools)
+    if config.width != 1:
+        kwargs["width"] = config.width
     return kwargs
 
 
