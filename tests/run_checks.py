@@ -62,9 +62,11 @@ def assert_same_run(straight: Path, resumed: Path) -> None:
     """Same weights, optimizer state, step, RNG state and metrics rows (all but the wall time)."""
     a, b = load_checkpoint(straight), load_checkpoint(resumed)
     assert (b["epoch"], b["step"]) == (a["epoch"], a["step"]) == (EPOCHS, EPOCHS * STEPS_PER_EPOCH)
-    assert list(a["model"]) == list(b["model"])
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
+    for key in ("model", "ema_model") if "ema_model" in a else ("model",):  # a run with --ema: its average too
+        assert list(a[key]) == list(b[key])
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}: {name}"
+    assert a.get("ema_updates") == b.get("ema_updates")
     assert_same_objects(a["optimizer"], b["optimizer"], "optimizer")
     assert_same_objects(a["rng"], b["rng"], "rng")
     assert a["state"] == b["state"]

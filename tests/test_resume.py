@@ -72,6 +72,17 @@ def test_sigterm_then_resume_gives_bit_identical_weights(straight, tmp_path, mon
     assert_same_run(straight, run)
 
 
+def test_a_run_with_a_moving_average_of_its_weights_resumes_bit_identical(tmp_path, monkeypatch, fashion_mnist_root):
+    fit(small_config(tmp_path / "straight", ema=0.9), log=quiet)
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        signal_after_step(patch, 11, signal.SIGTERM)
+        with pytest.raises(Interrupted):
+            fit(small_config(run, ema=0.9), log=quiet)
+    resume(run)
+    assert_same_run(tmp_path / "straight", run)
+
+
 def test_sigint_stops_and_resumes_the_same_way(straight, tmp_path, monkeypatch):
     run = tmp_path / "run"
     with monkeypatch.context() as patch:

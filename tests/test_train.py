@@ -10,7 +10,7 @@ import torch
 from nin.checkpoint import load_checkpoint
 from nin.config import TrainConfig
 from nin.errors import NinError
-from nin.train import fit, lr_at, resume_config
+from nin.train import ema_decay_at, fit, lr_at, resume_config
 
 
 def small_config(out, **changes) -> TrainConfig:
@@ -49,6 +49,30 @@ def test_checkpoint_holds_everything_evaluation_needs(tmp_path, fashion_mnist_ro
     assert state["epoch"] == 1 and state["step"] == 4
     assert {"model", "optimizer", "rng", "config"} <= set(state)
     assert not list(tmp_path.glob("*.tmp"))  # the atomic write left no temporary file behind
+
+
+def test_a_moving_average_of_the_weights_is_what_the_run_evaluates_and_exports(tmp_path, fashion_mnist_root,
+                                                                                monkeypatch):
+    import nin.train
+    from nin.inference import load_trained
+
+    evaluated = []
+    real_evaluate = nin.train.evaluate
+    monkeypatch.setattr(nin.train, "evaluate", lambda model, *a, **k: evaluated.append(
+        model.features1[0].weight.detach().clone()) or real_evaluate(model, *a, **k))
+    fit(small_config(tmp_path, epochs=1, train_subset=512, test_subset=256, ema=0.9), log=lambda *_: None)
+
+    state = load_checkpoint(tmp_path)
+    assert state["ema_updates"] == state["step"] == 8
+    weight = "features1.0.weight"
+    assert not torch.equal(state["ema_model"][weight], state["model"][weight])
+    assert torch.equal(evaluated[-1], state["ema_model"][weight])  # the run's test accuracy is the average's
+    assert torch.equal(load_trained(tmp_path).model.state_dict()[weight], state["ema_model"][weight])  # eval, export
+
+
+def test_the_average_starts_short_and_grows_to_its_decay():
+    assert [round(ema_decay_at(step, 0.999), 3) for step in (0, 10, 90, 10_000)] == [0.1, 0.55, 0.91, 0.999]
+    assert ema_decay_at(10_000, 0.9) == 0.9
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, fashion_mnist_root):

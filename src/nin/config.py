@@ -55,6 +55,7 @@ class TrainConfig:
     schedule: str = "cosine"
     step_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
     grad_clip: float | None = None
+    ema: float = 0.0
     on_nan: str = "stop"
     # running
     seed: int = 0
@@ -103,6 +104,8 @@ HELP: dict[str, str] = {
     "schedule": "the learning rate after the warm-up: cosine | linear | step | constant",
     "step_milestones": "the step schedule: fractions of the run where the lr drops tenfold",
     "grad_clip": "clip the gradient norm at this, 0: off (default: 1 without BatchNorm, off with it)",
+    "ema": "evaluate and export an exponential moving average of the weights with this decay (e.g. 0.999; "
+           "shorter at the start of a run); 0: off",
     "on_nan": "stop | rollback (reload the last checkpoint, continue at a tenth of the lr)",
     "seed": "the seed of the initialisation, the data order and the augmentation",
     "device": "auto | cpu | cuda | cuda:N",
@@ -128,7 +131,7 @@ CHOICES = {"schedule": SCHEDULES, "flip": FLIPS, "amp": AMPS, "on_nan": ON_NAN, 
            "eval_split": EVAL_SPLITS}
 METAVARS = {int: "N", float: "X", str: "TEXT"}
 _POSITIVE = ("epochs", "batch_size", "lr", "eval_batch_size", "eval_every", "width")
-_NON_NEGATIVE = ("momentum", "weight_decay", "label_smoothing", "warmup_epochs",
+_NON_NEGATIVE = ("momentum", "weight_decay", "label_smoothing", "warmup_epochs", "ema",
                  "dropout", "grad_clip", "translate", "train_subset", "test_subset", "image_size", "channels", "seed")
 
 
@@ -162,7 +165,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     for name, choices in CHOICES.items():
         if getattr(config, name) not in choices:
             raise NinError(f"{name} must be one of {', '.join(choices)}, got {getattr(config, name)!r}")
-    for name in ("dropout", "label_smoothing"):
+    for name in ("dropout", "label_smoothing", "ema"):
         if getattr(config, name) is not None and getattr(config, name) >= 1:
             raise NinError(f"{name.replace('_', '-')} must be below 1, got {getattr(config, name)}")
     if config.channels not in (0, 1, 3):

@@ -41,7 +41,7 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
     state = load_checkpoint(path)
     try:
         model = create_model(state["model_name"], **state["model_kwargs"])
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.get("ema_model", state["model"]))  # a run with --ema: its average
     except (KeyError, RuntimeError) as error:
         raise NinError(f"{path}: the weights do not fit model {state.get('model_name')!r} "
                        f"({str(error).splitlines()[0]})") from None

@@ -131,6 +131,24 @@ def model_arguments(config: TrainConfig, num_classes: int, channels: int, size: 
     return kwargs
 
 
+def ema_decay_at(step: int, decay: float) -> float:
+    """The average's decay after ``step`` steps: (1 + step) / (10 + step) up to ``decay`` (timm's ramp), so that
+    a short run's average does not keep its first, untrained weights for thousands of steps."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+def averaged_copy(model: torch.nn.Module, decay_now) -> torch.optim.swa_utils.AveragedModel:
+    """A moving average of ``model``'s weights and buffers (BatchNorm's statistics too): each update moves
+    it towards the model by 1 - ``decay_now()``."""
+    def update(averaged: list, current: list, _count) -> None:
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, 1 - decay_now())
+        else:  # BatchNorm's step counters
+            torch._foreach_copy_(averaged, current)
+
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.SGD:
     """SGD with momentum; weight decay on conv/linear weights only (not on biases or BatchNorm)."""
     decay = [p for p in model.parameters() if p.ndim > 1]
@@ -245,7 +263,8 @@ class Run:
         if world.active:  # the same initial weights everywhere (DDP broadcasts them), other dropout masks
             torch.manual_seed(config.seed * 1000 + world.rank)
         self.forward = wrap(self.model, world, self.device)  # for training steps (DDP when several processes)
-        self.evaluator = self.model  # evaluation needs no gradient sync
+        self.ema = averaged_copy(self.model, lambda: ema_decay_at(self.state.step, config.ema)) if config.ema else None
+        self.evaluator = self.ema.module if self.ema else self.model  # evaluation needs no gradient sync
         if config.compile:
             self.forward, self.evaluator = torch.compile(self.forward), torch.compile(self.model)
         self.amp = use_bf16(config.amp, self.device)
@@ -333,6 +352,8 @@ class Run:
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         self.state.step += 1
         return loss, logits
 
@@ -411,6 +432,8 @@ class Run:
                 "config": dataclasses.asdict(config), "classes": data.classes,
                 "normalization": data.preprocess.state_dict(),  # the key's name from the first format
                 "input": {"size": data.size, "channels": data.channels, "dataset": config.dataset},
+                **({"ema_model": self.ema.module.state_dict(), "ema_updates": int(self.ema.n_averaged)}
+                   if self.ema else {}),  # eval, export and predict read ema_model in model's place
             }, path)
         except OSError as error:
             if not path.exists():
@@ -424,6 +447,9 @@ class Run:
         try:
             self.model.load_state_dict(saved["model"])
             self.optimizer.load_state_dict(saved["optimizer"])
+            if self.ema is not None:
+                self.ema.module.load_state_dict(saved["ema_model"])
+                self.ema.n_averaged.fill_(saved["ema_updates"])
         except (RuntimeError, ValueError, KeyError) as error:
             raise NinError(f"the checkpoint does not fit this run's model or optimizer "
                            f"({str(error).splitlines()[0]})") from None
