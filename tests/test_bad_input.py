@@ -78,6 +78,7 @@ def test_a_bad_recipe_file_is_one_line(tmp_path, capsys, folder_data, text, mess
     (["--eval-every", "-2"], "eval-every must be positive, got -2"),
     (["--momentum", "-0.9"], "momentum must be zero or more"),
     (["--width", "0"], "width must be positive, got 0.0"),
+    (["--flip", "sometimes"], "flip must be one of auto, yes, no, alternate, got 'sometimes'"),
     (["--ema", "1"], "ema must be below 1, got 1.0"),
     (["--ema", "-0.5"], "ema must be zero or more, got -0.5"),
     (["--width", "40"], "width 40.0 is not a multiplier in (0, 16]"),

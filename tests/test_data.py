@@ -646,6 +646,21 @@ def test_loader_flip():
     assert 0 < flipped_count(True) < 64
 
 
+def test_alternating_flips_show_each_image_flipped_on_every_other_epoch():
+    images, labels = random_images(64, channels=2), torch.arange(64)
+    loader = DeviceLoader(images, labels, identity(2), batch_size=16, train=True, flip=True, seed=3,
+                          alternate_flips=True)
+
+    def flipped(epoch: int) -> dict[int, bool]:
+        loader.set_epoch(epoch)
+        return {int(index): not torch.equal(image, images[index])
+                for batch, ids in loader for image, index in zip(raw_pixels(batch), ids)}
+
+    first, second, third = flipped(0), flipped(1), flipped(2)
+    assert 16 < sum(first.values()) < 48  # a coin per image to start with
+    assert all(second[i] != first[i] and third[i] == first[i] for i in range(64))
+
+
 def test_loader_shards_are_disjoint_halves():
     images, labels = random_images(12), torch.arange(12)
 

@@ -70,6 +70,13 @@ def test_a_moving_average_of_the_weights_is_what_the_run_evaluates_and_exports(t
     assert torch.equal(load_trained(tmp_path).model.state_dict()[weight], state["ema_model"][weight])  # eval, export
 
 
+def test_flip_alternate_reaches_the_training_loader(tmp_path, fashion_mnist_root):
+    from nin.train import prepare_data
+
+    data = prepare_data(small_config(tmp_path, flip="alternate", train_subset=256), torch.device("cpu"))
+    assert data.train.flip and data.train.alternate_flips and not data.test.flip
+
+
 def test_the_average_starts_short_and_grows_to_its_decay():
     assert [round(ema_decay_at(step, 0.999), 3) for step in (0, 10, 90, 10_000)] == [0.1, 0.55, 0.91, 0.999]
     assert ema_decay_at(10_000, 0.9) == 0.9

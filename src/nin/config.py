@@ -90,7 +90,8 @@ HELP: dict[str, str] = {
     "train_subset": "train on N training images, a fixed draw spread over the split (0: all)",
     "test_subset": "evaluate on N test images, a fixed draw spread over the split (0: all)",
     "translate": "random translation by up to this many pixels (0: none)",
-    "flip": "random horizontal flips: auto (when the data set allows them) | yes | no",
+    "flip": "random horizontal flips: auto (when the data set allows them) | yes | no | alternate (each image "
+            "flipped on every other epoch from a random start, as airbench)",
     "preprocess": "standardize (per-channel mean/std) | gcn_zca (CIFAR, the paper) | lcn (SVHN)",
     "epochs": "passes over the training images (default: follows from the data's size: about 1500 x sqrt(images) seen)",
     "batch_size": "images per step (default: 128, or 64 or 32 when the run would have fewer than 300 steps)",
@@ -122,7 +123,7 @@ HELP: dict[str, str] = {
 
 
 SCHEDULES = ("cosine", "linear", "step", "constant")
-FLIPS = ("auto", "yes", "no")
+FLIPS = ("auto", "yes", "no", "alternate")
 AMPS = ("auto", "bf16", "off")
 ON_NAN = ("stop", "rollback")
 PREPROCESS_KINDS = ("standardize", "gcn_zca", "lcn")  # nin.data.preprocess builds them (its KINDS)

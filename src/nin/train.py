@@ -77,11 +77,12 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
                        "lower --batch-size")
     preprocess = (preprocess_from_state(preprocess_state) if preprocess_state is not None
                   else make_preprocess(config.preprocess, train_images))  # fitted on the training images only
-    flip = info.flip if config.flip == "auto" else config.flip == "yes"
+    flip = info.flip if config.flip == "auto" else config.flip in ("yes", "alternate")
     common = dict(device=device, channels_last=config.channels_last, rank=world.rank, world_size=world.size)
     batch_size = local_batch_size(config.batch_size, world)  # each process takes its share of a global batch
     train_loader = DeviceLoader(train_images, train_labels, preprocess, batch_size=batch_size, train=True,
-                                translate=config.translate, flip=flip, seed=config.seed, **common)
+                                translate=config.translate, flip=flip, seed=config.seed,
+                                alternate_flips=config.flip == "alternate", **common)
     test_loader = DeviceLoader(test_images, test_labels, preprocess, batch_size=config.eval_batch_size, **common)
     return Data(config, train_loader, test_loader, train.classes, preprocess, int(train_images.shape[1]),
                 int(train_images.shape[2]))

@@ -24,13 +24,14 @@ class DeviceLoader:
                  *,
                  batch_size: int, train: bool = False, translate: int = 0, flip: bool = False,
                  seed: int = 0, device: str | torch.device = "cpu", channels_last: bool = False,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, alternate_flips: bool = False):
         self.device = torch.device(device)
         self.images = images.to(self.device)  # a pack stays where it is
         self.labels = labels.to(self.device)
         self.preprocess = preprocess
         self.batch_size, self.train = batch_size, train
         self.translate, self.flip = translate if train else 0, flip and train
+        self.alternate_flips = alternate_flips  # each image flipped on every other epoch, not by a coin each time
         self.seed, self.epoch = seed, 0
         self.channels_last = channels_last
         self.rank, self.world_size = rank, world_size
@@ -91,6 +92,9 @@ class DeviceLoader:
         order = torch.randperm(count, generator=generator)
         shifts = torch.randint(-self.translate, self.translate + 1, (count, 2), generator=generator)
         flips = torch.rand(count, generator=generator) < 0.5
+        if self.alternate_flips:  # airbench: the first epoch's coin per image, then every other epoch the opposite
+            first = torch.rand(count, generator=torch.Generator().manual_seed(self.seed)) < 0.5
+            flips = (first ^ bool(self.epoch % 2))[order]
         take = slice(self.rank, self._shard_size() * self.world_size, self.world_size)
         return order[take].to(device), shifts[take].to(device), flips[take].to(device)
 
