@@ -1,0 +1,120 @@
+"""The fast-training methods tried on NIN, one at a time and together, at a fixed length (same epochs,
+same images): what each adds to the `fashion-mnist` recipe's accuracy, and what it costs per epoch.
+
+    .venv/bin/python benchmarks/ablation.py --split val --seeds 3 --epochs 2     # choose: validation split
+    .venv/bin/python benchmarks/ablation.py --split test --seeds 3 --epochs 2    # the table, looked at once
+    .venv/bin/python benchmarks/ablation.py --quick                             # a smoke test of this script
+
+Training methods change the run, so each gets its own runs (``TRAINING_METHODS``); ``together`` joins them
+all. Every run keeps a moving average of its weights (``--ema``), which does not change its training, so
+each run is read four ways: its last weights, their average (EMA), each with test-time flips (TTA: the
+logits of each image and its mirror image averaged). Runs are kept under ``--out``: run again with the
+same ``--out`` to add seeds or methods without training again.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from first_try import train_once  # noqa: E402
+
+from nin.checkpoint import load_checkpoint  # noqa: E402
+from nin.config import load_recipe  # noqa: E402
+from nin.hardware import describe_hardware  # noqa: E402
+from nin.inference import evaluate_trained, load_trained  # noqa: E402
+
+TRAINING_METHODS = {
+    "recipe": {},  # fashion-mnist as shipped: random flips, label smoothing 0.1, Nesterov, batch 128
+    "alternating flips": {"flip": "alternate"},
+    "no label smoothing": {"label_smoothing": 0.0},
+    "batch 256, lr 0.2": {"batch_size": 256, "lr": 0.2},
+}
+READINGS = (("last weights", False, False), ("+ TTA", False, True), ("EMA", True, False), ("EMA + TTA", True, True))
+
+
+def readings(run: Path, split: str) -> dict[str, float]:
+    """The run's accuracy (%) read four ways: last weights or their average, with or without flip TTA."""
+    trained = load_trained(run)  # the average, when the run kept one
+    average = {name: tensor.clone() for name, tensor in trained.model.state_dict().items()}
+    last = load_checkpoint(run)["model"]
+    accuracies = {}
+    for label, use_average, tta in READINGS:
+        trained.model.load_state_dict(average if use_average else last)
+        accuracies[label] = 100 * evaluate_trained(trained, split=split, tta=tta)["accuracy"]
+    return accuracies
+
+
+def seconds_per_epoch(run: Path) -> float:
+    rows = list(csv.DictReader(open(run / "metrics.csv", newline="")))
+    return statistics.mean(float(row["seconds"]) for row in rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default=",".join(TRAINING_METHODS) + ",together",
+                        help=f"comma-separated, of {', '.join(TRAINING_METHODS)}, together")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2, help="the fixed length of every run")
+    parser.add_argument("--train-subset", type=int, default=0, help="train on N images (0: all 60,000)")
+    parser.add_argument("--ema", type=float, default=0.99, help="the moving average's decay in every run")
+    parser.add_argument("--split", choices=("val", "test"), default="val")
+    parser.add_argument("--root", default="", help="Fashion-MNIST's folder (default: Debian's)")
+    parser.add_argument("--quick", action="store_true", help="1 epoch on 512 images, 1 seed: checks the script")
+    parser.add_argument("--out", default=f"runs/ablation-{time.strftime('%Y%m%d-%H%M%S')}")
+    args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.epochs, args.train_subset = 1, 1, 512
+    methods = args.methods.split(",")
+    unknown = sorted(set(methods) - set(TRAINING_METHODS) - {"together"})
+    if unknown:
+        parser.error(f"unknown method {unknown[0]!r}: expected some of {', '.join(TRAINING_METHODS)}, together")
+
+    recipe = {k: v for k, v in dataclasses.asdict(load_recipe("fashion-mnist")).items() if k != "recipe"}
+    common = {"epochs": args.epochs, "train_subset": args.train_subset, "ema": args.ema, "root": args.root,
+              "recipe": "fashion-mnist"}
+    table = []
+    for method in methods:
+        change = _together() if method == "together" else TRAINING_METHODS[method]
+        runs = []
+        for seed in range(args.seeds):
+            out = Path(args.out) / method.replace(" ", "-").replace(",", "") / f"seed{seed}"
+            train_once(method, {**recipe, **common}, recipe["model"], seed, args.split, out, **change)
+            runs.append((readings(out, args.split), seconds_per_epoch(out)))
+        table.append((method, change, runs))
+        _print_table(table, args)
+
+
+def _together() -> dict:
+    joined = {}
+    for change in TRAINING_METHODS.values():
+        joined.update(change)
+    return joined
+
+
+def _print_table(table: list, args) -> None:
+    print(f"\n### Methods on the fashion-mnist recipe: {args.epochs} epoch(s), {args.train_subset or 60000} images, "
+          f"{args.seeds} seed(s), {args.split} split, EMA decay {args.ema}\n")
+    print("| method | " + " | ".join(label for label, _, _ in READINGS) + " | seconds per epoch | flags |")
+    print("|---|" + "---:|" * (len(READINGS) + 1) + "---|")
+    for method, change, runs in table:
+        cells = []
+        for label, _, _ in READINGS:
+            values = [reading[label] for reading, _ in runs]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.2f} ± {spread:.2f}%")
+        seconds = statistics.mean(s for _, s in runs)
+        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in change.items()) or "(the recipe)"
+        print(f"| {method} | " + " | ".join(cells) + f" | {seconds:.0f} | `{flags}` |")
+    print(f"\ncommand: .venv/bin/python benchmarks/ablation.py {' '.join(sys.argv[1:])}")
+    print(f"hardware: {describe_hardware('cpu')}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
