@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from zoo import ZOO, settings  # noqa: E402
 
-from nin.config import TrainConfig, from_dict  # noqa: E402
+from nin.config import from_dict  # noqa: E402
 from nin.hardware import describe_hardware  # noqa: E402
 from nin.train import fit, resume_config  # noqa: E402
 
@@ -56,11 +56,12 @@ def train_once(name: str, spec: dict, model: str, seed: int, split: str, out: Pa
     return summary
 
 
-def swept(knob: str, factor: float, default_epochs: int) -> dict:
-    """One sweep point: the default lr or the default length (``default_epochs``) times ``factor``."""
+def swept(knob: str, factor: float, default_run: Path) -> dict:
+    """One sweep point: the lr or the length of the defaults' run (its config.json) times ``factor``."""
+    resolved = json.loads((default_run / "config.json").read_text())
     if knob == "lr":
-        return {"lr": TrainConfig.lr * factor}
-    return {"epochs": max(1, round(default_epochs * factor))}
+        return {"lr": round(resolved["lr"] * factor, 4)}
+    return {"epochs": max(1, round(resolved["epochs"] * factor))}
 
 
 def main() -> None:
@@ -96,7 +97,7 @@ def main() -> None:
             best, best_setting = runs[0]["accuracy"], "defaults"
             if model in args.sweep_models.split(","):
                 for knob, factor in sweeps:
-                    change = swept(knob, factor, runs[0]["epochs"])
+                    change = swept(knob, factor, Path(args.out) / name / model / "seed0")
                     label = ",".join(f"{k}={v:g}" for k, v in change.items())
                     point = train_once(name, spec, model, 0, args.split, Path(args.out) / name / model / label,
                                        **change)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nin.config import TrainConfig, list_recipes, load_recipe
-from nin.defaults import (MAX_EPOCHS, MAX_WARMUP_FRACTION, MIN_STEPS, default_epochs, default_eval_every,
+from nin.defaults import (MAX_EPOCHS, MAX_WARMUP_FRACTION, MIN_STEPS, default_epochs, default_eval_every, default_lr,
                           default_warmup_epochs, resolve_eval_every, resolve_for_data, resolve_for_model)
 from nin.models import _layer_output, _weight_layers, create_model, fit_init_to_data
 from nin.train import fit, lr_at
@@ -57,7 +57,7 @@ def test_what_the_user_gives_is_kept_and_what_is_resolved_is_said():
 def test_the_warm_up_lasts_an_epoch_or_100_steps_whichever_is_longer():
     assert default_warmup_epochs(60_000, 128) == 1.0  # 468 steps an epoch
     assert default_warmup_epochs(1_600, 128) == 8.34  # 12 steps an epoch: 100 steps, not 12
-    config = resolve_for_data(TrainConfig(), 1_600, log=lambda *_: None)
+    config = resolve_for_data(TrainConfig(lr=0.1), 1_600, log=lambda *_: None)
     total = config.epochs * (1_600 // config.batch_size)
     lrs = [lr_at(step, total, config) for step in range(total)]
     assert lrs.index(max(lrs)) == 100
@@ -87,12 +87,22 @@ def test_the_epochs_between_evaluations_leave_the_test_columns_empty(tmp_path, f
 
 
 def test_plain_networks_get_clipping_and_the_papers_dropout_batch_norm_twins_neither_unless_given():
-    plain, twin = resolve_for_model(TrainConfig(), plain=True), resolve_for_model(TrainConfig(), plain=False)
+    batch_128 = TrainConfig(batch_size=128)
+    plain, twin = resolve_for_model(batch_128, plain=True), resolve_for_model(batch_128, plain=False)
     assert (plain.grad_clip, plain.dropout) == (1.0, 0.5)
     assert (twin.grad_clip, twin.dropout) == (0.0, 0.3)
-    assert resolve_for_model(TrainConfig(dropout=0.1), plain=True).dropout == 0.1
-    assert resolve_for_model(TrainConfig(grad_clip=0.0), plain=True).grad_clip == 0.0
-    assert resolve_for_model(TrainConfig(grad_clip=5.0), plain=False).grad_clip == 5.0
+    assert resolve_for_model(TrainConfig(batch_size=128, dropout=0.1), plain=True).dropout == 0.1
+    assert resolve_for_model(TrainConfig(batch_size=128, grad_clip=0.0), plain=True).grad_clip == 0.0
+    assert resolve_for_model(TrainConfig(batch_size=128, grad_clip=5.0), plain=False).grad_clip == 5.0
+
+
+def test_plain_networks_get_a_larger_lr_at_large_batches_batch_norm_twins_one_lr_unless_given():
+    assert [default_lr(plain=True, batch_size=b) for b in (32, 64, 128, 512)] == [0.1, 0.1414, 0.2, 0.4]
+    assert {default_lr(plain=False, batch_size=b) for b in (32, 128, 512)} == {0.1}
+    assert resolve_for_model(TrainConfig(batch_size=128), plain=True).lr == 0.2
+    assert resolve_for_model(TrainConfig(batch_size=32), plain=True).lr == 0.1
+    assert resolve_for_model(TrainConfig(batch_size=128), plain=False).lr == 0.1
+    assert resolve_for_model(TrainConfig(batch_size=128, lr=0.05), plain=True).lr == 0.05
 
 
 @pytest.mark.parametrize("epochs", [1, 2])
@@ -144,6 +154,6 @@ def test_the_papers_plain_network_leaves_chance_within_100_steps(tmp_path, fashi
 def test_every_recipe_fixes_what_the_defaults_would_decide_and_keeps_its_schedule(name):
     """So that a recipe's runs are what they were before these defaults existed."""
     recipe = load_recipe(name)
-    assert None not in (recipe.epochs, recipe.batch_size, recipe.dropout, recipe.warmup_epochs)
+    assert None not in (recipe.epochs, recipe.batch_size, recipe.dropout, recipe.warmup_epochs, recipe.lr)
     assert resolve_for_data(recipe, 60_000, log=lambda *_: pytest.fail("nothing to resolve")) == recipe
     assert recipe.warmup_epochs <= MAX_WARMUP_FRACTION * recipe.epochs  # the cap on warm-up never bites

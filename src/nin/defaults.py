@@ -20,6 +20,8 @@ MAX_WARMUP_FRACTION = 0.25  # and never more than this part of the run (train.lr
 BATCH_SIZES = (128, 64, 32)  # the default batch: the largest of these that gives MIN_STEPS steps
 PLAIN_GRAD_CLIP = 1.0  # networks without BatchNorm: the gradient norm is clipped at this by default
 PLAIN_DROPOUT, BATCH_NORM_DROPOUT = 0.5, 0.3
+BATCH_NORM_LR = 0.1
+PLAIN_LR, PLAIN_LR_BATCH = 0.2, 128  # networks without BatchNorm: this lr at this batch, times sqrt(batch ratio)
 
 
 def default_epochs(train_images: int) -> int:
@@ -83,11 +85,24 @@ def resolve_eval_every(config: TrainConfig, train_images: int, test_images: int,
     return dataclasses.replace(config, eval_every=every)
 
 
+def default_lr(plain: bool, batch_size: int) -> float:
+    """The peak lr: 0.1 with BatchNorm; without it 0.2 at batch 128, scaled by sqrt(batch / 128) (0.1 at
+    batch 32). The plain networks learned more with 0.2 than 0.1 on most of the zoo at batch 128, and far
+    less with it at batch 32 (``benchmarks/first_try.py``, ``benchmarks/sweep_defaults.py``): a smaller
+    batch's noisier gradient wants a smaller step (the square-root rule of Hoffer et al. 2017)."""
+    if not plain:
+        return BATCH_NORM_LR
+    return round(PLAIN_LR * math.sqrt(batch_size / PLAIN_LR_BATCH), 4)
+
+
 def resolve_for_model(config: TrainConfig, plain: bool) -> TrainConfig:
     """The settings left to the run (None) that depend on the network: ``plain`` means without BatchNorm.
     Gradient clipping is on for plain networks, off with BatchNorm; dropout is the paper's 0.5 for plain
-    networks, 0.3 for the BatchNorm twins (which need less of it)."""
+    networks, 0.3 for the BatchNorm twins (which need less of it); the lr is ``default_lr``'s (the batch
+    size is known by then: ``resolve_for_data`` comes first)."""
     changes = {}
+    if config.lr is None:
+        changes["lr"] = default_lr(plain, config.batch_size)
     if config.grad_clip is None:
         changes["grad_clip"] = PLAIN_GRAD_CLIP if plain else 0.0
     if config.dropout is None:

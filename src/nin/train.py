@@ -284,7 +284,8 @@ class Run:
         config = self.config
         self.log(f"training {config.model} on {dataset_info(config.dataset).title} "
                  f"({len(self.data.train.images)} images, {len(self.data.classes)} classes) for {config.epochs} "
-                 f"epoch{'s' * (config.epochs != 1)} on {self.device}; run folder {self.run_dir}")
+                 f"epoch{'s' * (config.epochs != 1)} at a peak lr of {config.lr:g} on {self.device}; "
+                 f"run folder {self.run_dir}")
         if config.eval_split == "val":
             self.log(f"evaluating on the paper's validation split ({len(self.data.test.images)} training images "
                      "held out; the test set is not used): the test_* columns hold validation numbers")
