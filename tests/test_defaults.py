@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from nin.config import TrainConfig, list_recipes, load_recipe
-from nin.defaults import (MAX_EPOCHS, MAX_WARMUP_FRACTION, MIN_STEPS, default_epochs, default_eval_every, default_lr,
-                          default_warmup_epochs, resolve_eval_every, resolve_for_data, resolve_for_model)
+from nin.defaults import (MAX_EPOCHS, MAX_WARMUP_FRACTION, MIN_STEPS, default_epochs, default_eval_every,
+                          default_lr, default_warmup_epochs, resolve_eval_every, resolve_for_data,
+                          resolve_for_model)
 from nin.models import _layer_output, _weight_layers, create_model, fit_init_to_data
 from nin.train import fit, lr_at
 
