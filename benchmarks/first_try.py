@@ -39,8 +39,9 @@ def train_once(name: str, spec: dict, model: str, seed: int, split: str, out: Pa
     skips the runs it has and resumes one it was stopped in (the table can grow over several sessions)."""
     done = out / "result.json"
     if done.is_file():
-        return json.loads(done.read_text())
-    prefix = f"[{name} {model} seed {seed}]"
+        summary = json.loads(done.read_text())
+        return {**summary, "seconds": training_seconds(out, summary["epochs"])}
+    prefix = f"[{name} {model} {out.name}]"  # seed0, seed1..., or the sweep point (lr=0.2)
     if (out / "checkpoint.pt").is_file():
         result = fit(resume_config(str(out), {}), resume=str(out), log=lambda line: print(prefix, line, flush=True))
     else:
@@ -49,11 +50,18 @@ def train_once(name: str, spec: dict, model: str, seed: int, split: str, out: Pa
         result = fit(config, log=lambda line: print(prefix, line, flush=True))
     rows = list(csv.DictReader(open(out / "metrics.csv", newline="")))
     chance_loss = math.log(len(result["per_class"]))
-    # the training time of all its epochs (metrics.csv): the wall time of this call misses what came before a resume
-    summary = {"accuracy": 100 * result["accuracy"], "seconds": sum(float(row["seconds"]) for row in rows),
-               "at_chance": float(rows[-1]["train_loss"]) > 0.9 * chance_loss, "epochs": int(rows[-1]["epoch"])}
+    summary = {"accuracy": 100 * result["accuracy"], "at_chance": float(rows[-1]["train_loss"]) > 0.9 * chance_loss,
+               "epochs": int(rows[-1]["epoch"])}
     done.write_text(json.dumps(summary) + "\n")
-    return summary
+    return {**summary, "seconds": training_seconds(out, summary["epochs"])}
+
+
+def training_seconds(out: Path, epochs: int) -> float:
+    """The training time of all the run's epochs, from its metrics.csv (the wall time of train_once misses
+    what came before a resume). Before rundir kept them, a resume dropped the rows of epochs that were not
+    evaluated: such a run's time is its kept rows' mean per epoch times its epochs."""
+    rows = list(csv.DictReader(open(out / "metrics.csv", newline="")))
+    return sum(float(row["seconds"]) for row in rows) * epochs / len(rows)
 
 
 def swept(knob: str, factor: float, default_run: Path) -> dict:

@@ -218,6 +218,22 @@ def test_a_full_disk_while_appending_to_metrics_csv_is_a_clear_error_and_resumes
     assert_same_run(straight, run)
 
 
+def test_resume_keeps_the_rows_of_epochs_that_were_not_evaluated_and_drops_torn_ones(tmp_path):
+    """--eval-every leaves an epoch's test columns empty: such a row is complete. A row the crash tore, and
+    one past the checkpoint's epoch, go; the file is replaced whole (no temporary left behind)."""
+    (tmp_path / "metrics.csv").write_text(
+        "epoch,step,train_loss,train_acc,test_loss,test_acc,lr,seconds\n"
+        "1,8,2.1,0.31,,,0.1,5.0\n"  # not evaluated
+        "2,16,1.9,0.42,1.8,0.45,0.09,5.1\n"  # evaluated
+        "3,24,1.7,0.5,1.6\n"  # torn: test_acc and the rest never written
+        "3,24,1.7,0.5,,,0.05,5.2\n"  # trained again after the crash, but the checkpoint holds epoch 2
+    )
+    RunFolder(tmp_path).truncate_metrics(epochs=2)
+
+    assert [(row["epoch"], row["test_acc"]) for row in metrics_rows(tmp_path)] == [("1", ""), ("2", "0.45")]
+    assert leftover_temporaries(tmp_path) == []
+
+
 def test_a_real_write_limit_on_the_first_checkpoint_is_one_line(tmp_path):
     """The kernel refuses writes past 1 MB (RLIMIT_FSIZE, as a full disk refuses them): `nin train` says so in
     one line, exit 2, with no torch traceback, and leaves no folder behind."""

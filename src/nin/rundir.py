@@ -30,6 +30,7 @@ except ImportError:  # Windows: no advisory locks; a second process is not detec
     fcntl = None
 
 METRIC_FIELDS = ["epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
+TEST_FIELDS = ("test_loss", "test_acc")  # empty in an epoch that was not evaluated (--eval-every)
 LOCK_NAME = ".lock"
 
 
@@ -91,14 +92,22 @@ class RunFolder:
 
     def truncate_metrics(self, epochs: int) -> None:
         """Keep the rows of the checkpoint's epochs only: a row written just before a crash (its epoch is
-        trained again) or torn by one would otherwise appear twice or break the file."""
+        trained again) or torn by one would otherwise appear twice or break the file. The kept rows replace
+        the file in one step, so that a kill during the rewrite loses none of them."""
         path = self.path / "metrics.csv"
         if path.exists():
             with open(path, newline="") as stream:
                 rows = [row for row in csv.DictReader(stream) if _complete_row(row) and int(row["epoch"]) <= epochs]
-            path.unlink()
-            for row in rows:
-                self.append_metrics(row)
+            kept = path.with_name("metrics.csv.tmp")
+            try:
+                with open(kept, "w", newline="") as stream:
+                    writer = csv.DictWriter(stream, fieldnames=METRIC_FIELDS)
+                    writer.writeheader()
+                    writer.writerows(rows)
+                os.replace(kept, path)
+            except OSError as error:
+                raise NinError(f"could not write {kept} ({_reason(error)}); the last checkpoint and {path} are "
+                               f"intact: free some space, then continue with --resume {self.path}") from None
 
     def append_metrics(self, row: dict) -> None:
         path = self.path / "metrics.csv"
@@ -151,8 +160,12 @@ def read_metrics(run: str | os.PathLike) -> tuple[Path, list[dict]]:
 
 
 def _complete_row(row: dict) -> bool:
+    """Every training field filled; the test fields both filled (an evaluated epoch) or both empty (one that
+    --eval-every skipped); nothing past the last field (a torn row the next one was appended to)."""
+    tested = [row.get(name) not in (None, "") for name in TEST_FIELDS]
+    trained = all(row.get(name) not in (None, "") for name in METRIC_FIELDS if name not in TEST_FIELDS)
     try:
-        return all(row.get(name) not in (None, "") for name in METRIC_FIELDS) and int(row["epoch"]) > 0
+        return trained and None not in row and len(set(tested)) == 1 and int(row["epoch"]) > 0
     except ValueError:
         return False
 
