@@ -234,6 +234,23 @@ def test_resume_keeps_the_rows_of_epochs_that_were_not_evaluated_and_drops_torn_
     assert leftover_temporaries(tmp_path) == []
 
 
+def test_a_full_disk_while_resuming_keeps_metrics_csv_whole(tmp_path, monkeypatch):
+    rows = "epoch,step,train_loss,train_acc,test_loss,test_acc,lr,seconds\n1,8,2.1,0.31,,,0.1,5.0\n"
+    (tmp_path / "metrics.csv").write_text(rows)
+
+    def full_disk(file, mode="r", *args, **kwargs):
+        if "w" in mode:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(nin.rundir, "open", full_disk, raising=False)
+    with pytest.raises(NinError, match="No space left on device.*intact.*--resume"):
+        RunFolder(tmp_path).truncate_metrics(epochs=1)
+
+    assert (tmp_path / "metrics.csv").read_text() == rows
+    assert leftover_temporaries(tmp_path) == []
+
+
 def test_a_real_write_limit_on_the_first_checkpoint_is_one_line(tmp_path):
     """The kernel refuses writes past 1 MB (RLIMIT_FSIZE, as a full disk refuses them): `nin train` says so in
     one line, exit 2, with no torch traceback, and leaves no folder behind."""

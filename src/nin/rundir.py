@@ -106,6 +106,7 @@ class RunFolder:
                     writer.writerows(rows)
                 os.replace(kept, path)
             except OSError as error:
+                kept.unlink(missing_ok=True)
                 raise NinError(f"could not write {kept} ({_reason(error)}); the last checkpoint and {path} are "
                                f"intact: free some space, then continue with --resume {self.path}") from None
 
