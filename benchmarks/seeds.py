@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--setups", default=",".join(SETUPS), help=f"comma-separated, of {', '.join(SETUPS)}")
     parser.add_argument("--folder-root", help="where to write the PNG folder (default: a temporary folder)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", default="auto", help="auto (bf16 on CUDA) | bf16 (also on a CPU) | off")
+    parser.add_argument("--amp", default="auto", help="auto (bf16 on CUDA and on CPUs with AMX or AVX512-BF16) | bf16 | off")
     parser.add_argument("--out", default=f"runs/seeds-{time.strftime('%Y%m%d-%H%M%S')}")
     args = parser.parse_args()
     setups = [s for s in args.setups.split(",") if s]

@@ -6,7 +6,8 @@
     (random pixels), per-image RandomCrop(32, 4) + RandomHorizontalFlip + ToTensor + Normalize,
     a DataLoader with workers, fp32, NCHW, batch 128.
 (b) nin's path: nin_cifar10, the data as one uint8 tensor on the device, batched augmentation,
-    channels_last (and bf16 autocast on CUDA), the trainer's own step.
+    channels_last (and bf16 autocast on CUDA), the trainer's own step; on a CPU fp32, like (a), whatever
+    ``--amp auto`` would pick there: ``--cpu-bf16`` adds the bf16 path as (c).
 Both run in the same process, alternating over several rounds; the table reports medians, the ratios
 (b)/(a) and the share of this machine's measured fp32 matmul peak that (b) reaches.
 """
@@ -187,7 +188,8 @@ def main() -> None:
         seed_optimizer = torch.optim.SGD(seed_model.parameters(), lr=0.01, momentum=0.9)
         seed_train, seed_test = seed_loader(root, True, args.workers), seed_loader(root, False, args.workers)
         config = TrainConfig(model="nin_cifar10", dataset="cifar10", root=str(root), batch_size=BATCH,
-                             epochs=1, lr=0.01, device=str(device), progress=False, tensorboard=False,
+                             epochs=1, lr=0.01, device=str(device), amp="auto" if device.type == "cuda" else "off",
+                             progress=False, tensorboard=False,
                              out=str(root / "run"))
         run = Run(config, None, lambda *_: None, World(), RunFolder.claim(config.out, "", None))
         variants = {"b": run.amp}  # on CUDA (b) runs under bf16 autocast, as `nin train` does there

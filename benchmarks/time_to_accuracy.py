@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12, help="the recipe's schedule length (default 12)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", default="auto",
-                        help="nin's autocast: auto (bf16 on CUDA) | bf16 (also on a CPU) | off")
+                        help="nin's autocast: auto (bf16 on CUDA and on CPUs with AMX or AVX512-BF16) | bf16 | off")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the seed's script")
     parser.add_argument("--quick", action="store_true", help="1 epoch on 2,048 + 1,024 images: checks the script")
     parser.add_argument("--out", default=f"runs/time-to-accuracy-{time.strftime('%Y%m%d-%H%M%S')}")

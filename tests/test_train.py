@@ -2,7 +2,6 @@
 import csv
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ import torch
 from nin.checkpoint import load_checkpoint
 from nin.config import TrainConfig
 from nin.errors import NinError
+from nin.hardware import cpu_has_native_bf16, use_bf16
 from nin.train import ema_decay_at, fit, lr_at, resume_config
 
 
@@ -83,7 +83,7 @@ def test_the_average_starts_short_and_grows_to_its_decay():
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, fashion_mnist_root):
-    settings = dict(train_subset=512, test_subset=128, epochs=3)
+    settings = dict(train_subset=512, test_subset=128, epochs=3, amp="off")  # bits compared: one precision anywhere
     fit(small_config(tmp_path / "straight", **settings), log=lambda *_: None)
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C right after epoch 1's checkpoint
         fit(small_config(tmp_path / "stopped", **settings), log=interrupt_after("epoch 1/3"))
@@ -168,7 +168,7 @@ def test_amp_bf16_on_cpu_runs_the_convolutions_in_bfloat16_and_still_learns(tmp_
         return output
 
     monkeypatch.setattr(torch.nn.Conv2d, "forward", recording_forward)
-    native = cpu_has_bf16()  # elsewhere bf16 is emulated, minutes for this run: the dtypes only, on 2 steps
+    native = cpu_has_native_bf16()  # elsewhere bf16 is emulated, minutes for this run: the dtypes only, on 2 steps
     shorter = {} if native else dict(epochs=1, train_subset=64, test_subset=64)
     result = fit(small_config(tmp_path, **{"test_subset": 256, **shorter}, amp="bf16", device="cpu"),
                  log=lambda *_: None)
@@ -177,10 +177,16 @@ def test_amp_bf16_on_cpu_runs_the_convolutions_in_bfloat16_and_still_learns(tmp_
         assert result["accuracy"] > 0.5  # fp32: about 0.66 (bf16 measured the same)
 
 
-def cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX-BF16: bf16 convolutions in hardware."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+def test_amp_auto_is_bf16_on_cuda_and_on_cpus_that_multiply_bf16_natively(tmp_path, monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for flags, native in (("fpu avx2 fma", False), ("fpu avx512f avx512_bf16", True), ("fpu amx_bf16 amx_tile", True)):
+        (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        assert cpu_has_native_bf16(str(tmp_path / "cpuinfo")) is native
+    assert cpu_has_native_bf16(str(tmp_path / "missing")) is False
+
+    for native in (False, True):
+        monkeypatch.setattr("nin.hardware.cpu_has_native_bf16", lambda: native)
+        assert use_bf16("auto", cpu) is native
+        assert use_bf16("bf16", cpu) and not use_bf16("off", cpu)
+        assert use_bf16("auto", cuda) and not use_bf16("off", cuda)

@@ -53,7 +53,7 @@ def get_parser() -> argparse.ArgumentParser:
                           "accuracy (CSV, PNG), the most confused pairs (CSV) and metrics.json into DIR")
     evaluate.add_argument("--topk", type=int, default=5, metavar="K", help="also report top-K accuracy (default 5)")
     evaluate.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
-                          help="bf16 autocast: auto (on CUDA), bf16 (also on CPUs with AMX or AVX512-BF16), off")
+                          help="bf16 autocast: auto (on CUDA and on CPUs with AMX or AVX512-BF16), bf16 (always), off")
     evaluate.add_argument("--tta", action="store_true",
                           help="average the logits of each image and its horizontal flip (data sets that allow flips)")
     evaluate.set_defaults(handler=cmd_eval)
@@ -97,7 +97,7 @@ def get_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto")
     predict.add_argument("--json", action="store_true")
     predict.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
-                         help="bf16 autocast: auto (on CUDA), bf16 (also on CPUs with AMX or AVX512-BF16), off")
+                         help="bf16 autocast: auto (on CUDA and on CPUs with AMX or AVX512-BF16), bf16 (always), off")
     predict.set_defaults(handler=cmd_predict)
 
     data = commands.add_parser("data", help="check (or download) a data set and print its size; pack it",

@@ -113,7 +113,7 @@ HELP: dict[str, str] = {
     "device": "auto | cpu | cuda | cuda:N",
     "channels_last": "channels-last memory layout (faster convolutions on most hardware)",
     "compile": "torch.compile the model",
-    "amp": "auto (bf16 on CUDA) | bf16 | off",
+    "amp": "auto (bf16 on CUDA and on CPUs with AMX or AVX512-BF16) | bf16 | off",
     "eval_batch_size": "images per evaluation batch",
     "eval_every": "evaluate every N epochs and after the last (default: every epoch, or every few when the "
                   "test images outnumber the training images, so that evaluating stays a small part of the run)",

@@ -28,14 +28,31 @@ def resolve_device(name: str) -> torch.device:
 
 
 def use_bf16(amp: str, device: torch.device) -> bool:
-    """``--amp`` (auto | bf16 | off) on ``device``: auto is bf16 on CUDA only."""
-    return amp == "bf16" or (amp == "auto" and device.type == "cuda")
+    """``--amp`` (auto | bf16 | off) on ``device``: auto is bf16 on CUDA and on CPUs that compute in bf16
+    natively (AMX or AVX512-BF16); elsewhere a CPU emulates bf16, slower than fp32."""
+    native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    return amp == "bf16" or (amp == "auto" and native)
+
+
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bf16 in hardware: the AMX-BF16 or AVX512-BF16 flag of ``cpuinfo``."""
+    try:
+        with open(cpuinfo) as stream:
+            for line in stream:
+                if line.startswith("flags"):
+                    return bool({"amx_bf16", "avx512_bf16"} & set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return False
+
+
+def precision_name(amp: bool) -> str:
+    return "bf16 autocast" if amp else "fp32"
 
 
 def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast when enabled: the default on CUDA; on a CPU only when asked (``--amp bf16``): it pays
-    on CPUs with AMX or AVX512-BF16 and slows down those that emulate bf16 (the README's speed table,
-    from benchmarks/throughput.py --cpu-bf16, has the measurements)."""
+    """bf16 autocast when enabled (``use_bf16``: the README's speed table, from benchmarks/throughput.py
+    --cpu-bf16, has the measurements behind its CPU rule)."""
     if enabled and device.type in ("cuda", "cpu"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -57,7 +74,8 @@ def describe_hardware(device: str = "auto") -> str:
     if use_cuda:
         return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), torch {torch.__version__}"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu_name()}, {cores} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    precision = "bf16 in hardware, so --amp auto trains in bf16" if cpu_has_native_bf16() else "fp32 by default"
+    return f"{cpu_name()}, {cores} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}, {precision}"
 
 
 def free_memory(device: torch.device) -> int | None:

@@ -29,7 +29,8 @@ from .data.preprocess import make_preprocess, preprocess_from_state
 from .errors import Interrupted, NinError
 from .evaluate import evaluate, format_report
 from .defaults import MAX_WARMUP_FRACTION, resolve_eval_every, resolve_for_data, resolve_for_model
-from .hardware import autocast, free_memory, readable_bytes, require_memory, resolve_device, use_bf16
+from .hardware import (autocast, free_memory, precision_name, readable_bytes, require_memory, resolve_device,
+                       use_bf16)
 from .models import (create_model, default_cfg, fit_init_to_data, training_step_bytes,
                      variant_has_batch_norm)
 from .distributed import (World, all_reduce_sum, any_process, broadcast_from_main, close_world, device_for,
@@ -284,7 +285,8 @@ class Run:
         config = self.config
         self.log(f"training {config.model} on {dataset_info(config.dataset).title} "
                  f"({len(self.data.train.images)} images, {len(self.data.classes)} classes) for {config.epochs} "
-                 f"epoch{'s' * (config.epochs != 1)} at a peak lr of {config.lr:g} on {self.device}; "
+                 f"epoch{'s' * (config.epochs != 1)} at a peak lr of {config.lr:g} on {self.device} in "
+                 f"{precision_name(self.amp)}; "
                  f"run folder {self.run_dir}")
         if config.eval_split == "val":
             self.log(f"evaluating on the paper's validation split ({len(self.data.test.images)} training images "
