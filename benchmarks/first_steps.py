@@ -1,7 +1,7 @@
 """First steps: does every network without BatchNorm leave chance within its first 100 steps, with the defaults?
 
     .venv/bin/python benchmarks/first_steps.py                    # every plain variant, 5 seeds
-    .venv/bin/python benchmarks/first_steps.py --ablation         # nin_mnist with each start-up aid alone
+    .venv/bin/python benchmarks/first_steps.py --ablation --models nin_cifar10   # each start-up aid alone
     .venv/bin/python benchmarks/first_steps.py --models nin_cifar10 --seeds 1 --change warmup_epochs=8.34
 
 Each run is a default ``nin train`` on a zoo set (benchmarks/zoo.py; the validation split of its training
@@ -10,8 +10,9 @@ the first epoch end at or past that step, with the schedule of the full default 
 training loss of the last epoch before the stop (dropout on, as trained), against ln(classes), and the
 validation accuracy there. A run *left chance* when that loss is below 90% of ln(classes).
 
-``--ablation`` measures the two start-up aids of plain networks one at a time: the data-dependent
-initialisation (``--data-init``) and the gradient-norm clipping (``--grad-clip``).
+``--ablation`` measures the three start-up aids of plain networks one at a time, for each of ``--models``
+(default: nin_mnist): the data-dependent initialisation (``--data-init``), the gradient-norm clipping
+(``--grad-clip``) and the dropout that rises during the warm-up (``--dropout-warmup``).
 """
 from __future__ import annotations
 
@@ -35,8 +36,10 @@ from nin.hardware import describe_hardware  # noqa: E402
 from nin.train import fit  # noqa: E402
 
 PLAIN = ("nin_mnist", "nin_cifar10", "nin_cifar100", "nin_svhn", "cnn_sec46")
-ABLATION = {"neither": dict(data_init=False, grad_clip=0.0), "data init only": dict(grad_clip=0.0),
-            "clipping only": dict(data_init=False), "both (the defaults)": {}}
+NO_AID = dict(data_init=False, grad_clip=0.0, dropout_warmup=False)
+ABLATION = {"none": NO_AID, "data init only": {**NO_AID, "data_init": True},
+            "clipping only": {**NO_AID, "grad_clip": 1.0}, "dropout warm-up only": {**NO_AID, "dropout_warmup": True},
+            "all three (the defaults)": {}}
 
 
 class Stop(Exception):
@@ -66,6 +69,14 @@ def first_steps(spec: dict, model: str, seed: int, steps: int, out: Path, **chan
             "classes": len(load_checkpoint(out)["classes"])}
 
 
+def _value(text: str):
+    """A --change value: JSON where it parses (0.1, false, null), else the word itself (amp=off)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def _last_step(out: Path) -> int:
     rows = list(csv.DictReader(open(out / "metrics.csv", newline="")))
     return int(rows[-1]["step"]) if rows else 0
@@ -78,30 +89,32 @@ def _mean(values) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(PLAIN))
+    parser.add_argument("--models", default=None, help="default: every plain variant (--ablation: nin_mnist)")
     parser.add_argument("--set", default="colour32-2k", choices=sorted(ZOO))
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--ablation", action="store_true", help="nin_mnist with each start-up aid alone")
+    parser.add_argument("--ablation", action="store_true", help="each start-up aid alone, and all of them")
     parser.add_argument("--change", action="append", default=[], metavar="FIELD=VALUE",
                         help="a TrainConfig field changed for every run, e.g. warmup_epochs=8.34 (repeatable)")
     parser.add_argument("--zoo-root", default="runs/zoo")
     parser.add_argument("--out", default=f"runs/first-steps-{time.strftime('%Y%m%d-%H%M%S')}")
     args = parser.parse_args()
     spec = settings(args.set, Path(args.zoo_root))
-    changed = {field: json.loads(value) for field, value in (item.split("=", 1) for item in args.change)}
-    trials = ({name: ("nin_mnist", {**change, **changed}) for name, change in ABLATION.items()} if args.ablation
-              else {model: (model, changed) for model in args.models.split(",")})
+    changed = {field: _value(text) for field, text in (item.split("=", 1) for item in args.change)}
+    models = (args.models or ("nin_mnist" if args.ablation else ",".join(PLAIN))).split(",")
+    trials = ({f"{model} {name}": (model, name, {**change, **changed}) for model in models
+               for name, change in ABLATION.items()} if args.ablation
+              else {model: (model, ", ".join(args.change) or "defaults", changed) for model in models})
     print(f"\n### First {args.steps} steps on {args.set} ({args.seeds} seeds; chance: loss ln(classes))\n")
     print("| network | settings | last epoch's training loss, per seed | left chance | validation accuracy "
           "(mean of runs that did not diverge) | at step | seconds per run |")
     print("|---|---|---|:---:|---:|---:|---:|")
-    for label, (model, change) in trials.items():
+    for label, (model, settings_name, change) in trials.items():
         runs = [first_steps(spec, model, seed, args.steps, Path(args.out) / label.replace(" ", "-") / f"seed{seed}",
                             **change) for seed in range(args.seeds)]
         left = sum(r["loss"] < 0.9 * math.log(r["classes"]) for r in runs)  # NaN (diverged) compares False
         losses = " / ".join("diverged" if math.isnan(r["loss"]) else f"{r['loss']:.2f}" for r in runs)
-        print(f"| {model} | {label if args.ablation else (', '.join(args.change) or 'defaults')} | {losses} | {left}/{len(runs)} | "
+        print(f"| {model} | {settings_name} | {losses} | {left}/{len(runs)} | "
               f"{_mean(r['accuracy'] for r in runs):.1f}% | {runs[0]['step']} | "
               f"{_mean(r['seconds'] for r in runs):.0f} |", flush=True)
     print(f"\nhardware: {describe_hardware('cpu')}")

@@ -95,7 +95,7 @@ def time_toolkit_training(run: Run, steps: int) -> float:
             _sync(run.device)
             started = time.perf_counter()
         images, labels = next(batches)
-        run.set_lr()
+        run.set_schedule()
         run.step(images, labels)
     _sync(run.device)
     return steps * BATCH / (time.perf_counter() - started)
@@ -189,6 +189,7 @@ def main() -> None:
         seed_train, seed_test = seed_loader(root, True, args.workers), seed_loader(root, False, args.workers)
         config = TrainConfig(model="nin_cifar10", dataset="cifar10", root=str(root), batch_size=BATCH,
                              epochs=1, lr=0.01, device=str(device), amp="auto" if device.type == "cuda" else "off",
+                             dropout_warmup=False,  # the seed loop's dropout from its first step
                              progress=False, tensorboard=False,
                              out=str(root / "run"))
         run = Run(config, None, lambda *_: None, World(), RunFolder.claim(config.out, "", None))

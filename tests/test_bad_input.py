@@ -52,6 +52,7 @@ def folder_data(tmp_path):
     ('epochs = 2.5\n', "recipe field 'epochs' must be int, got 2.5"),
     ('lr = "0.1"\n', "recipe field 'lr' must be float, got '0.1'"),
     ('nesterov = "yes"\n', "recipe field 'nesterov' must be bool"),
+    ('dropout_warmup = 1\n', "recipe field 'dropout_warmup' must be bool, got 1"),
     ('pools = "max"\n', "recipe field 'pools' must be a list"),
     ('epochs = \n', "not valid TOML"),
     ('epochs = 0\n', "epochs must be positive, got 0"),
@@ -102,11 +103,13 @@ def test_a_bad_setting_is_one_line(tmp_path, capsys, folder_data, flags, message
     (["train", "--epochs", "ten"],
      "nin train: error: argument --epochs: invalid int value: 'ten' (see nin train --help)"),
     (["train", "--epoks", "3"], "nin train: error: unrecognized arguments: --epoks 3 (see nin train --help)"),
+    (["train", "--dropout-warmup", "yes"],
+     "nin train: error: unrecognized arguments: yes (see nin train --help)"),  # a switch: --no-dropout-warmup
     (["eval", "run", "--topk", "all"], "nin eval: error: argument --topk: invalid int value: 'all'"),
     (["trian"], "nin: error: argument command: invalid choice: 'trian'"),
     ([], "nin: error: the following arguments are required: command (see nin --help)"),
     (["eval"], "nin eval: error: the following arguments are required: RUN_DIR_OR_CHECKPOINT"),
-], ids=["wrong-type", "unknown-flag", "eval-wrong-type", "unknown-command", "no-command", "missing-argument"])
+], ids=["wrong-type", "unknown-flag", "switch-given-a-value", "eval-wrong-type", "unknown-command", "no-command", "missing-argument"])
 def test_a_command_line_the_parser_refuses_is_one_line_with_exit_code_2(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_:
         main(argv)

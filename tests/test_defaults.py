@@ -12,7 +12,7 @@ from nin.defaults import (MAX_EPOCHS, MAX_WARMUP_FRACTION, MIN_STEPS, default_ep
                           default_lr, default_warmup_epochs, resolve_eval_every, resolve_for_data,
                           resolve_for_model)
 from nin.models import _layer_output, _weight_layers, create_model, fit_init_to_data
-from nin.train import fit, lr_at
+from nin.train import Run, dropout_at, fit, lr_at
 
 
 def test_small_sets_get_many_epochs_large_ones_few():
@@ -95,6 +95,34 @@ def test_plain_networks_get_clipping_and_the_papers_dropout_batch_norm_twins_nei
     assert resolve_for_model(TrainConfig(batch_size=128, dropout=0.1), plain=True).dropout == 0.1
     assert resolve_for_model(TrainConfig(batch_size=128, grad_clip=0.0), plain=True).grad_clip == 0.0
     assert resolve_for_model(TrainConfig(batch_size=128, grad_clip=5.0), plain=False).grad_clip == 5.0
+
+
+def test_plain_networks_start_without_dropout_and_reach_the_papers_rate_at_the_end_of_the_warm_up():
+    config = resolve_for_model(TrainConfig(epochs=4, batch_size=128, warmup_epochs=1.0), plain=True)
+    assert config.dropout_warmup is True and config.dropout == 0.5
+    rates = [dropout_at(step, 400, config) for step in (0, 24, 25, 50, 75, 99, 100, 399)]
+    assert rates == [0.0, 0.0, 0.125, 0.25, 0.375, 0.375, 0.5, 0.5]  # a quarter more each quarter of 100 steps
+    twin = resolve_for_model(TrainConfig(epochs=4, batch_size=128, warmup_epochs=1.0), plain=False)
+    assert twin.dropout_warmup is False and dropout_at(0, 400, twin) == 0.3
+    kept = resolve_for_model(TrainConfig(batch_size=128, dropout_warmup=False), plain=True)
+    assert kept.dropout_warmup is False
+
+
+def test_a_run_sets_its_dropout_layers_to_the_rate_of_each_step(tmp_path, fashion_mnist_root):
+    rates = []
+    config = TrainConfig(model="nin_mnist", train_subset=256, test_subset=64, epochs=2, batch_size=32, lr=0.05,
+                         warmup_epochs=0.5, progress=False, tensorboard=False, device="cpu", out=str(tmp_path / "run"))
+    run_step = Run.step
+
+    def record(self, images, labels):
+        rates.append({layer.p for layer in self.model.modules() if isinstance(layer, torch.nn.Dropout)})
+        return run_step(self, images, labels)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Run, "step", record)
+        fit(config, log=lambda *_: None)
+    assert rates == [{0.0}, {0.125}, {0.25}, {0.375}] + [{0.5}] * 12  # 4 steps of warm-up, then the paper's 0.5
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["dropout_warmup"] is True
 
 
 def test_plain_networks_get_a_larger_lr_at_large_batches_batch_norm_twins_one_lr_unless_given():

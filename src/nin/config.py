@@ -25,6 +25,7 @@ class TrainConfig:
     # model
     model: str = "nin_mnist_bn"
     dropout: float | None = None
+    dropout_warmup: bool | None = None
     init: str = "kaiming"
     data_init: bool = True
     head: str = "gap"
@@ -74,6 +75,8 @@ HELP: dict[str, str] = {
     "recipe": "a shipped recipe (nin recipes) or a .toml file; flags given beside it override its fields",
     "model": "the network (nin models lists them)",
     "dropout": "dropout after the mlpconv stages (default: the paper's 0.5 without BatchNorm, 0.3 with it)",
+    "dropout_warmup": "dropout rises from 0 to its rate during the lr warm-up, a quarter at a time (default: on "
+                      "without BatchNorm, where dropout's noise at the first steps can kill the class maps)",
     "init": "kaiming (robust) | gaussian (the authors' std 0.05) | torch (PyTorch's defaults)",
     "data_init": "without BatchNorm: fit each layer's scale to a batch of training images (LSUV)",
     "head": "gap (global average pooling, the paper) | fc | fc_dropout (Table 5's alternatives)",

@@ -98,7 +98,8 @@ def default_lr(plain: bool, batch_size: int) -> float:
 def resolve_for_model(config: TrainConfig, plain: bool) -> TrainConfig:
     """The settings left to the run (None) that depend on the network: ``plain`` means without BatchNorm.
     Gradient clipping is on for plain networks, off with BatchNorm; dropout is the paper's 0.5 for plain
-    networks, 0.3 for the BatchNorm twins (which need less of it); the lr is ``default_lr``'s (the batch
+    networks, 0.3 for the BatchNorm twins (which need less of it), and rises with the warm-up for plain
+    networks only (``train.dropout_at``); the lr is ``default_lr``'s (the batch
     size is known by then: ``resolve_for_data`` comes first)."""
     changes = {}
     if config.lr is None:
@@ -107,4 +108,6 @@ def resolve_for_model(config: TrainConfig, plain: bool) -> TrainConfig:
         changes["grad_clip"] = PLAIN_GRAD_CLIP if plain else 0.0
     if config.dropout is None:
         changes["dropout"] = PLAIN_DROPOUT if plain else BATCH_NORM_DROPOUT
+    if config.dropout_warmup is None:
+        changes["dropout_warmup"] = plain
     return dataclasses.replace(config, **changes)

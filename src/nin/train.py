@@ -183,6 +183,19 @@ def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
     return config.lr
 
 
+DROPOUT_WARMUP_STAGES = 4  # the rate rises in this many steps: few values, so a compiled model recompiles little
+
+
+def dropout_at(step: int, total_steps: int, config: TrainConfig) -> float:
+    """The dropout rate at ``step``: the configured rate, or with ``dropout_warmup`` none at the start and
+    a quarter more each quarter of the lr warm-up (the plain networks' class maps die less often when
+    their first, large steps are taken without dropout's noise)."""
+    warmup = warmup_steps(total_steps, config)
+    if not config.dropout_warmup or step >= warmup:
+        return config.dropout
+    return config.dropout * math.floor(DROPOUT_WARMUP_STAGES * step / warmup) / DROPOUT_WARMUP_STAGES
+
+
 @dataclass
 class RunState:
     """What changes during training besides the weights and the optimizer; saved in every checkpoint."""
@@ -261,6 +274,7 @@ class Run:
         if resumed is None and config.data_init and plain:
             fit_init_to_data(self.model, init_batch(self.data.train, config.seed))
         self.optimizer = make_optimizer(self.model, config)
+        self.dropouts = [m for m in self.model.modules() if isinstance(m, torch.nn.Dropout)]
         self.state = RunState()
         if world.active:  # the same initial weights everywhere (DDP broadcasts them), other dropout masks
             torch.manual_seed(config.seed * 1000 + world.rank)
@@ -327,7 +341,7 @@ class Run:
     def run_batches(self, bar, loss_sum: torch.Tensor, correct: torch.Tensor, stop: "StopSignals") -> None:
         state, loader = self.state, self.data.train
         for images, labels in bar:
-            lr = self.set_lr()
+            lr = self.set_schedule()
             loss, logits = self.step(images, labels)
             loss_sum += loss.detach() * len(labels)
             correct += (logits.detach().argmax(1) == labels).sum()
@@ -341,10 +355,14 @@ class Run:
             if (sync_point or not self.world.active) and any_process(stop.received is not None, self.device):
                 break
 
-    def set_lr(self) -> float:
+    def set_schedule(self) -> float:
+        """The lr (returned) and the dropout rate of this step."""
         lr = lr_at(self.state.step, self.total_steps, self.config) * self.state.lr_scale
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        rate = dropout_at(self.state.step, self.total_steps, self.config)
+        for layer in self.dropouts:
+            layer.p = rate
         return lr
 
     def step(self, images: torch.Tensor, labels: torch.Tensor):
@@ -490,7 +508,7 @@ def _warn_if_stuck(train_loss: float, num_classes: int, epoch: int, config: Trai
     if abs(train_loss - chance) < 0.02 * chance:
         log(f"warning: after epoch {epoch} the training loss {train_loss:.4f} is still at chance (ln {num_classes} "
             f"= {chance:.4f}). Usual causes: a learning rate too high (--lr {config.lr}), its initialisation "
-            f"(--init {config.init}; without BatchNorm, --data-init and --grad-clip 1 help), or dead ReLUs before "
+            f"(--init {config.init}; without BatchNorm, --data-init, --grad-clip 1 and --dropout-warmup help), or dead ReLUs before "
             "global average pooling (--no-relu-before-gap).")
 
 
