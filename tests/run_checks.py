@@ -23,7 +23,8 @@ def small_config(out: Path, **changes) -> TrainConfig:
     """Fashion-MNIST, 256 images, 3 epochs of 8 steps, with dropout (so the RNG state matters) rising during
     the warm-up (a stop at step 3 falls inside it); fp32 on every machine (the exact-resume tests compare bits)."""
     settings = dict(model="nin_mnist_bn", dataset="fashion-mnist", train_subset=256, test_subset=128,
-                    epochs=EPOCHS, batch_size=32, lr=0.1, warmup_epochs=0.5, dropout_warmup=True, label_smoothing=0.1, amp="off",
+                    epochs=EPOCHS, batch_size=32, lr=0.1, warmup_epochs=0.5, dropout_warmup=True, label_smoothing=0.1,
+                    amp="off",
                     device="cpu", progress=False, tensorboard=False, out=str(out))
     return TrainConfig(**{**settings, **changes})
 

@@ -508,8 +508,8 @@ def _warn_if_stuck(train_loss: float, num_classes: int, epoch: int, config: Trai
     if abs(train_loss - chance) < 0.02 * chance:
         log(f"warning: after epoch {epoch} the training loss {train_loss:.4f} is still at chance (ln {num_classes} "
             f"= {chance:.4f}). Usual causes: a learning rate too high (--lr {config.lr}), its initialisation "
-            f"(--init {config.init}; without BatchNorm, --data-init, --grad-clip 1 and --dropout-warmup help), or dead ReLUs before "
-            "global average pooling (--no-relu-before-gap).")
+            f"(--init {config.init}; without BatchNorm, --data-init, --grad-clip 1 and --dropout-warmup help), "
+            "or dead ReLUs before global average pooling (--no-relu-before-gap).")
 
 
 def _claim_run_folder(config: TrainConfig, resume: str | None, world: World) -> RunFolder:
