@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import statistics
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from zoo import ZOO, settings  # noqa: E402
+from zoo import ZOO, parse_changes, settings  # noqa: E402
 
 from nin.checkpoint import load_checkpoint  # noqa: E402
 from nin.config import from_dict  # noqa: E402
@@ -69,14 +68,6 @@ def first_steps(spec: dict, model: str, seed: int, steps: int, out: Path, **chan
             "classes": len(load_checkpoint(out)["classes"])}
 
 
-def _value(text: str):
-    """A --change value: JSON where it parses (0.1, false, null), else the word itself (amp=off)."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def _last_step(out: Path) -> int:
     rows = list(csv.DictReader(open(out / "metrics.csv", newline="")))
     return int(rows[-1]["step"]) if rows else 0
@@ -100,7 +91,7 @@ def main() -> None:
     parser.add_argument("--out", default=f"runs/first-steps-{time.strftime('%Y%m%d-%H%M%S')}")
     args = parser.parse_args()
     spec = settings(args.set, Path(args.zoo_root))
-    changed = {field: _value(text) for field, text in (item.split("=", 1) for item in args.change)}
+    changed = parse_changes(args.change)
     models = (args.models or ("nin_mnist" if args.ablation else ",".join(PLAIN))).split(",")
     trials = ({f"{model} {name}": (model, name, {**change, **changed}) for model in models
                for name, change in ABLATION.items()} if args.ablation

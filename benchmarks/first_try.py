@@ -4,6 +4,7 @@ default model and the paper's plain network, against the best of a small sweep o
     .venv/bin/python benchmarks/first_try.py --split val            # choose settings: validation splits only
     .venv/bin/python benchmarks/first_try.py --split test           # the final table, looked at once
     .venv/bin/python benchmarks/first_try.py --sets png-2k,digits --seeds 2 --sweep lr
+    .venv/bin/python benchmarks/first_try.py --sets png-2k --sweep none --change dropout_warmup=false --out OTHER
 
 For each set and model: the defaults with ``--seeds`` seeds (accuracy mean ± std, training time per run, and
 whether a seed sat at chance: its last training loss above 90% of ln(classes)); then the sweep (seed 0):
@@ -23,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from zoo import ZOO, settings  # noqa: E402
+from zoo import ZOO, parse_changes, settings  # noqa: E402
 
 from nin.config import from_dict  # noqa: E402
 from nin.hardware import describe_hardware  # noqa: E402
@@ -82,6 +83,8 @@ def main() -> None:
     parser.add_argument("--sweep-models", default=MODELS[0], help="the models swept (default: the default one)")
     parser.add_argument("--split", choices=("val", "test"), default="val",
                         help="val: the validation split of each set's training images (for choosing); test: once")
+    parser.add_argument("--change", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a TrainConfig field changed for every run, e.g. dropout_warmup=false (repeatable)")
     parser.add_argument("--zoo-root", default="runs/zoo", help="where the folder sets are written")
     parser.add_argument("--out", default=f"runs/first-try-{time.strftime('%Y%m%d-%H%M%S')}",
                         help="the runs' folders; run again with the same --out to skip finished runs and resume "
@@ -95,20 +98,21 @@ def main() -> None:
     if set(knobs) - set(SWEEPS):
         parser.error(f"unknown sweep {sorted(set(knobs) - set(SWEEPS))[0]!r}: expected lr, length or none")
     sweeps = [point for name in knobs for point in SWEEPS[name]]
+    changed = parse_changes(args.change)
 
     table = []
     for name in sets:
         spec = settings(name, Path(args.zoo_root))
         for model in models:
-            runs = [train_once(name, spec, model, seed, args.split, Path(args.out) / name / model / f"seed{seed}")
-                    for seed in range(args.seeds)]
+            runs = [train_once(name, spec, model, seed, args.split, Path(args.out) / name / model / f"seed{seed}",
+                               **changed) for seed in range(args.seeds)]
             best, best_setting = runs[0]["accuracy"], "defaults"
             if model in args.sweep_models.split(","):
                 for knob, factor in sweeps:
                     change = swept(knob, factor, Path(args.out) / name / model / "seed0")
                     label = ",".join(f"{k}={v:g}" for k, v in change.items())
                     point = train_once(name, spec, model, 0, args.split, Path(args.out) / name / model / label,
-                                       **change)
+                                       **{**changed, **change})
                     if point["accuracy"] > best:
                         best, best_setting = point["accuracy"], label
             table.append((name, model, runs, best, best_setting))

@@ -10,6 +10,7 @@ of each training class, ``--eval-split val``) and test never share an image.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,19 @@ ZOO: dict[str, dict] = {
                         build=dict(train=1_500, size=28, classes=THREE_CLASSES)),
     "digits": dict(dataset="folder", channels=1, image_size=28, build=dict(digits=True)),
 }
+
+
+def parse_changes(items: list[str]) -> dict:
+    """``--change FIELD=VALUE`` items as TrainConfig fields: a value is JSON where it parses (0.1, false,
+    null), else the word itself (amp=off)."""
+    changes = {}
+    for item in items:
+        field, text = item.split("=", 1)
+        try:
+            changes[field] = json.loads(text)
+        except json.JSONDecodeError:
+            changes[field] = text
+    return changes
 
 
 def settings(name: str, root: Path) -> dict:
