@@ -7,13 +7,15 @@ default model and the paper's plain network, against the best of a small sweep o
     .venv/bin/python benchmarks/first_try.py --sets png-2k --sweep none --change dropout_warmup=false --out OTHER
 
 For each set and model: the defaults with ``--seeds`` seeds (accuracy mean ± std, training time per run, and
-whether a seed sat at chance: its last training loss above 90% of ln(classes)); then the sweep (seed 0):
-the learning rate halved and doubled (``lr``) and the run's length halved and doubled (``length``). The
-sweep's best counts the defaults' seed-0 run too; the gap is that best minus the defaults' mean.
+whether a seed sat at chance: its last training loss above 90% of ln(classes)); then the sweep (seed 0, or
+seeds 0 to N-1 with ``--sweep-seeds N``): the learning rate halved and doubled (``lr``) and the run's length
+halved and doubled (``length``). The sweep's best is the best mean over those seeds, the defaults' counted
+too; the gap is that best minus the defaults' mean over all ``--seeds``.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import json
 import math
@@ -52,7 +54,7 @@ def train_once(name: str, spec: dict, model: str, seed: int, split: str, out: Pa
     rows = list(csv.DictReader(open(out / "metrics.csv", newline="")))
     chance_loss = math.log(len(result["per_class"]))
     summary = {"accuracy": 100 * result["accuracy"], "at_chance": float(rows[-1]["train_loss"]) > 0.9 * chance_loss,
-               "epochs": int(rows[-1]["epoch"])}
+               "epochs": int(rows[-1]["epoch"]), "hardware": describe_hardware()}
     done.write_text(json.dumps(summary) + "\n")
     return {**summary, "seconds": training_seconds(out, summary["epochs"])}
 
@@ -63,6 +65,10 @@ def training_seconds(out: Path, epochs: int) -> float:
     evaluated: such a run's time is its kept rows' mean per epoch times its epochs."""
     rows = list(csv.DictReader(open(out / "metrics.csv", newline="")))
     return sum(float(row["seconds"]) for row in rows) * epochs / len(rows)
+
+
+def mean_accuracy(runs: list) -> float:
+    return statistics.mean(run["accuracy"] for run in runs)
 
 
 def swept(knob: str, factor: float, default_run: Path) -> dict:
@@ -81,6 +87,9 @@ def main() -> None:
     parser.add_argument("--sweep", default="lr,length", help="comma-separated, of lr, length (default: both); "
                         "none: no sweep")
     parser.add_argument("--sweep-models", default=MODELS[0], help="the models swept (default: the default one)")
+    parser.add_argument("--sweep-seeds", type=int, default=1,
+                        help="seeds per sweep point (default 1: seed 0); each point's mean is compared with the "
+                             "defaults' mean over the same seeds")
     parser.add_argument("--split", choices=("val", "test"), default="val",
                         help="val: the validation split of each set's training images (for choosing); test: once")
     parser.add_argument("--change", action="append", default=[], metavar="FIELD=VALUE",
@@ -97,6 +106,8 @@ def main() -> None:
     knobs = [] if args.sweep == "none" else args.sweep.split(",")
     if set(knobs) - set(SWEEPS):
         parser.error(f"unknown sweep {sorted(set(knobs) - set(SWEEPS))[0]!r}: expected lr, length or none")
+    if not 1 <= args.sweep_seeds <= args.seeds:
+        parser.error(f"--sweep-seeds must be 1 to --seeds ({args.seeds}), got {args.sweep_seeds}")
     sweeps = [point for name in knobs for point in SWEEPS[name]]
     changed = parse_changes(args.change)
 
@@ -106,15 +117,16 @@ def main() -> None:
         for model in models:
             runs = [train_once(name, spec, model, seed, args.split, Path(args.out) / name / model / f"seed{seed}",
                                **changed) for seed in range(args.seeds)]
-            best, best_setting = runs[0]["accuracy"], "defaults"
+            best, best_setting = mean_accuracy(runs[:args.sweep_seeds]), "defaults"
             if model in args.sweep_models.split(","):
                 for knob, factor in sweeps:
                     change = swept(knob, factor, Path(args.out) / name / model / "seed0")
                     label = ",".join(f"{k}={v:g}" for k, v in change.items())
-                    point = train_once(name, spec, model, 0, args.split, Path(args.out) / name / model / label,
-                                       **{**changed, **change})
-                    if point["accuracy"] > best:
-                        best, best_setting = point["accuracy"], label
+                    point = [train_once(name, spec, model, seed, args.split,
+                                        Path(args.out) / name / model / (label + (f"-seed{seed}" if seed else "")),
+                                        **{**changed, **change}) for seed in range(args.sweep_seeds)]
+                    if mean_accuracy(point) > best:
+                        best, best_setting = mean_accuracy(point), label
             table.append((name, model, runs, best, best_setting))
             _print_table(table, args)
 
@@ -132,7 +144,14 @@ def _print_table(table: list, args) -> None:
         minutes = statistics.mean(r["seconds"] for r in runs) / 60
         print(f"| {name} | {model} | {runs[0]['epochs']} | {mean:.2f} ± {spread:.2f}% | {stuck}/{len(runs)} | "
               f"{best:.2f}% ({setting}) | {best - mean:+.2f} | {minutes:.1f} min |")
-    print(f"\nhardware: {describe_hardware('cpu')}", flush=True)
+    print(f"\nhardware: {_hardware_of([run for row in table for run in row[2]])}", flush=True)
+
+
+def _hardware_of(runs: list) -> str:
+    """Where the runs trained, each machine with its number of runs (a table grown over several sessions,
+    with the same --out, may span machines; result.json keeps each run's)."""
+    machines = collections.Counter(run.get("hardware", "not recorded") for run in runs)
+    return "; ".join(f"{machine} ({count} run{'s' * (count > 1)})" for machine, count in machines.items())
 
 
 if __name__ == "__main__":

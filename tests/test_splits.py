@@ -64,9 +64,12 @@ def test_train_with_eval_split_val_on_cifar_files(tmp_path, capsys):
             "--epochs", "1", "--batch-size", "8", "--preprocess", "standardize", "--device", "cpu",
             "--out", str(tmp_path / "run"), "--no-progress", "--no-tensorboard"]
     assert main(args) == 0
-    assert "paper's validation split (10 training images held out" in capsys.readouterr().out
+    trained = capsys.readouterr().out
+    assert "paper's validation split (10 training images held out" in trained
+    assert "val accuracy" in trained and "test accuracy" not in trained  # a tuning run never reads as a test result
     assert main(["eval", str(tmp_path / "run"), "--split", "val"]) == 0  # the same 10 images, from the checkpoint
-    assert "/10 images" in capsys.readouterr().out
+    evaluated = capsys.readouterr().out
+    assert "val accuracy" in evaluated and "/10 images" in evaluated
 
 
 def test_an_unknown_eval_split_is_refused():

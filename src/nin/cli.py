@@ -198,7 +198,7 @@ def cmd_eval(args) -> int:
     if args.json:
         print(metrics_json(metrics))
         return 0
-    print(format_report(metrics))
+    print(format_report(metrics, args.split))
     print(format_pairs(metrics["confused_pairs"]))
     if args.report:
         print(f"report: {', '.join(metrics['report'].values())}")

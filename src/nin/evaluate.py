@@ -64,8 +64,10 @@ def summarize(confusion: torch.Tensor, loss_sum: float, classes: list[str]) -> d
             "confusion": confusion.tolist()}
 
 
-def format_report(metrics: dict) -> str:
-    lines = [f"test accuracy {100 * metrics['accuracy']:.2f}% (error {100 * metrics['error']:.2f}%, "
+def format_report(metrics: dict, split: str = "test") -> str:
+    """The accuracy on ``split`` (the split's name leads the line, so a validation run does not read as a
+    test result), top-k and per-class accuracies."""
+    lines = [f"{split} accuracy {100 * metrics['accuracy']:.2f}% (error {100 * metrics['error']:.2f}%, "
              f"{metrics['correct']}/{metrics['n']} images{', flip TTA' if metrics.get('tta') else ''})"]
     for k, accuracy in metrics.get("topk", {}).items():
         if k != "1":

@@ -245,7 +245,7 @@ def fit(config: TrainConfig, *, resume: str | None = None, log=print) -> dict:
         if folder is not None:
             folder.release()
         close_world(world)
-    run.log(format_report(metrics))
+    run.log(format_report(metrics, run.config.eval_split))
     run.log(f"run folder: {run.run_dir}")
     return {**metrics, "run_dir": str(run.run_dir)}
 
