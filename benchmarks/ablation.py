@@ -7,8 +7,8 @@ same images): what each adds to the `fashion-mnist` recipe's accuracy, and what 
 
 Training methods change the run, so each gets its own runs (``TRAINING_METHODS``); ``together`` joins them
 all. Every run keeps a moving average of its weights (``--ema``), which does not change its training, so
-each run is read four ways: its last weights, their average (EMA), each with test-time flips (TTA: the
-logits of each image and its mirror image averaged). Runs are kept under ``--out``: run again with the
+each run is read five ways: its last weights, their average (EMA), each with test-time flips (TTA: the
+logits of each image and its mirror image averaged), and the average with flips and one-pixel shifts. Runs are kept under ``--out``: run again with the
 same ``--out`` to add seeds or methods without training again.
 """
 from __future__ import annotations
@@ -36,11 +36,13 @@ TRAINING_METHODS = {
     "no label smoothing": {"label_smoothing": 0.0},
     "batch 256, lr 0.2": {"batch_size": 256, "lr": 0.2},
 }
-READINGS = (("last weights", False, False), ("+ TTA", False, True), ("EMA", True, False), ("EMA + TTA", True, True))
+READINGS = (("last weights", False, ""), ("+ flip TTA", False, "flip"), ("EMA", True, ""),
+            ("EMA + flip TTA", True, "flip"), ("EMA + flip-shift TTA", True, "flip-shift"))
 
 
 def readings(run: Path, split: str) -> dict[str, float]:
-    """The run's accuracy (%) read four ways: last weights or their average, with or without flip TTA."""
+    """The run's accuracy (%) read each way of READINGS: last weights or their average, with or without
+    test-time augmentation (flips; flips and one-pixel shifts)."""
     trained = load_trained(run)  # the average, when the run kept one
     average = {name: tensor.clone() for name, tensor in trained.model.state_dict().items()}
     last = load_checkpoint(run)["model"]

@@ -13,7 +13,7 @@ from PIL import Image
 
 from nin.cli import main
 from nin.data import load_dataset
-from nin.evaluate import evaluate
+from nin.evaluate import evaluate, tta_logits, tta_mode
 from nin.inference import load_trained
 from nin.report import confused_pairs, per_class
 from tiny_run import CLASSES, train_tiny_run
@@ -78,7 +78,7 @@ def test_eval_text_output_has_top_k_and_the_most_confused_pairs(run, capsys):
 
 def test_flip_tta_averages_each_image_with_its_mirror(run, capsys):
     report = eval_json(capsys, run, "--tta")
-    assert report["tta"] is True
+    assert report["tta"] == "flip"
     trained = load_trained(run)
     data = load_dataset("folder", trained.config["root"], "test", image_size=16, channels=3)
     with torch.no_grad():
@@ -90,9 +90,47 @@ def test_flip_tta_averages_each_image_with_its_mirror(run, capsys):
     assert plain["loss"] != pytest.approx(report["loss"])  # the mirror images changed the logits
 
 
+def test_shift_tta_weighs_the_image_half_and_its_one_pixel_moves_a_quarter_each():
+    seen = []
+
+    class Recorder(torch.nn.Module):  # logits: the sum of each view's pixels, in class 0
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            seen.append(x.clone())
+            return torch.stack([x.sum(dim=(1, 2, 3)), torch.zeros(len(x))], dim=1)
+
+    images = torch.arange(16.0).view(1, 1, 4, 4)
+    logits = tta_logits(Recorder(), images, "shift")
+    assert [view.shape for view in seen] == [(1, 1, 4, 4)] * 3
+    assert torch.equal(seen[1][0, 0, 1:, 1:], images[0, 0, :-1, :-1])  # moved one pixel down and right
+    assert torch.equal(seen[2][0, 0, :-1, :-1], images[0, 0, 1:, 1:])  # and one pixel up and left
+    assert torch.equal(seen[1][0, 0, 0], torch.tensor([5.0, 4, 5, 6]))  # the edge reflected
+    expected = 0.5 * images.sum() + 0.25 * (seen[1].sum() + seen[2].sum())
+    assert logits[0, 0].item() == pytest.approx(expected.item())
+    seen.clear()
+    tta_logits(Recorder(), images, "flip-shift")
+    assert len(seen) == 6 and torch.equal(seen[3], images.flip(3))
+
+
+def test_shift_tta_is_offered_where_flips_are_not(run, capsys):
+    report = eval_json(capsys, run, "--tta", "shift")
+    flipped = eval_json(capsys, run, "--tta", "flip-shift")
+    plain = eval_json(capsys, run)
+    assert report["tta"] == "shift" and flipped["tta"] == "flip-shift"
+    assert len({report["loss"], flipped["loss"], plain["loss"]}) == 3  # each mode saw other views
+    with pytest.raises(ValueError, match="tta must be one of"):
+        tta_mode("mirror")
+    with pytest.raises(SystemExit) as stopped:
+        main(["eval", str(run), "--tta", "mirror"])
+    assert stopped.value.code == 2 and "invalid choice: 'mirror'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv,message", [
-    (["--dataset", "mnist", "--tta"], "--tta is not offered for MNIST"),
-    (["--dataset", "svhn", "--tta"], "--tta is not offered for SVHN"),
+    (["--dataset", "mnist", "--tta"], "--tta flip is not offered for MNIST"),
+    (["--dataset", "svhn", "--tta", "flip-shift"], "--tta flip is not offered for SVHN"),
     (["--topk", "0"], "--topk must be 1 or more"),
 ])
 def test_eval_errors_are_one_line_with_exit_code_2(run, argv, message, capsys):

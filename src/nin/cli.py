@@ -11,8 +11,8 @@ import sys
 import warnings
 
 from .version import __version__
-from .config import (REPRODUCE_FIELDS, add_arguments, from_dict, list_recipes, load_recipe, overrides_from_args,
-                     read_recipe)
+from .config import (REPRODUCE_FIELDS, TTA_MODES, add_arguments, from_dict, list_recipes, load_recipe,
+                     overrides_from_args, read_recipe)
 from .errors import Interrupted, NinError
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: the run stopped cleanly and can be resumed
@@ -54,8 +54,9 @@ def get_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--topk", type=int, default=5, metavar="K", help="also report top-K accuracy (default 5)")
     evaluate.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
                           help="bf16 autocast: auto (on CUDA and on CPUs with AMX or AVX512-BF16), bf16 (always), off")
-    evaluate.add_argument("--tta", action="store_true",
-                          help="average the logits of each image and its horizontal flip (data sets that allow flips)")
+    evaluate.add_argument("--tta", nargs="?", const="flip", choices=TTA_MODES, metavar="{flip,shift,flip-shift}",
+                          help="test-time augmentation: flip (the default: each image and its mirror image averaged; "
+                               "data sets that allow flips), shift (moved one pixel each way), flip-shift (both)")
     evaluate.set_defaults(handler=cmd_eval)
 
     export = commands.add_parser("export", help="write a run's model as safetensors + JSON, ONNX or TorchScript")
@@ -188,7 +189,7 @@ def cmd_eval(args) -> int:
     if args.checkpoint is None and args.weights is None:
         args.command_parser.error("the following arguments are required: RUN_DIR_OR_CHECKPOINT (or --weights NAME)")
     trained = load_trained(_model_path(args.checkpoint, args.weights), resolve_device(args.device))
-    metrics = evaluate_trained(trained, args.dataset, args.root, args.split, topk=(1, args.topk), tta=args.tta,
+    metrics = evaluate_trained(trained, args.dataset, args.root, args.split, topk=(1, args.topk), tta=args.tta or "",
                                amp=args.amp)
     metrics.setdefault("tta", False)
     metrics["confused_pairs"] = confused_pairs(metrics["confusion"], trained.classes, limit=10)

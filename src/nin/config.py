@@ -128,6 +128,7 @@ HELP: dict[str, str] = {
 
 SCHEDULES = ("cosine", "linear", "step", "constant")
 FLIPS = ("auto", "yes", "no", "alternate")
+TTA_MODES = ("flip", "shift", "flip-shift")  # test-time views (nin eval --tta; nin.evaluate.tta_logits)
 AMPS = ("auto", "bf16", "off")
 ON_NAN = ("stop", "rollback")
 PREPROCESS_KINDS = ("standardize", "gcn_zca", "lcn")  # nin.data.preprocess builds them (its KINDS)

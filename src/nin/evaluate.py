@@ -8,18 +8,20 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .config import TTA_MODES
 from .distributed import all_reduce_sum
 from .hardware import autocast
 
 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, loader, classes: list[str], *, amp: bool = False,
-             topk: Sequence[int] = (), tta: bool = False) -> dict:
+             topk: Sequence[int] = (), tta: str | bool = "") -> dict:
     """Accuracy, error, mean loss, image count and per-class accuracy (class name -> 0..1).
 
     ``topk``: also the top-k accuracy for each k (capped at the class count), as ``metrics["topk"]``
-    {"k": 0..1}. ``tta``: average the logits of each image and its horizontal flip (only for data
-    whose class a flip preserves; the caller checks)."""
+    {"k": 0..1}. ``tta``: test-time augmentation, one of TTA_MODES (True: "flip"; flips only for data
+    whose class a flip preserves: the caller checks), named in ``metrics["tta"]``."""
+    tta = tta_mode(tta)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -30,9 +32,7 @@ def evaluate(model: torch.nn.Module, loader, classes: list[str], *, amp: bool = 
     topk_correct = torch.zeros(len(ks), dtype=torch.int64, device=device)
     for images, labels in loader:
         with autocast(device, amp):
-            logits = model(images)
-            if tta:
-                logits = (logits.float() + model(images.flip(3)).float()) / 2
+            logits = tta_logits(model, images, tta) if tta else model(images)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
         predictions = logits.argmax(dim=1)
         confusion += torch.bincount(labels * num_classes + predictions, minlength=num_classes ** 2)
@@ -47,8 +47,32 @@ def evaluate(model: torch.nn.Module, loader, classes: list[str], *, amp: bool = 
         n = metrics["n"]
         metrics["topk"] = {str(k): (int(c) / n if n else float("nan")) for k, c in zip(ks, topk_correct.tolist())}
     if tta:
-        metrics["tta"] = True
+        metrics["tta"] = tta
     return metrics
+
+
+def tta_mode(tta: str | bool) -> str:
+    """"" (none) or one of TTA_MODES; True is "flip" (the original meaning of ``tta=True``)."""
+    mode = "flip" if tta is True else (tta or "")
+    if mode and mode not in TTA_MODES:
+        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+    return mode
+
+
+def tta_logits(model: torch.nn.Module, images: torch.Tensor, mode: str) -> torch.Tensor:
+    """The logits averaged over test-time views: ``flip``, each image and its mirror image; ``shift``,
+    the image at half weight and moved one pixel diagonally each way (edges reflected) at a quarter each,
+    airbench's test-time translation; ``flip-shift``, the shifts of both mirror images (6 passes)."""
+    views = (images, images.flip(3)) if "flip" in mode else (images,)
+    total = 0.0
+    for view in views:
+        logits = model(view).float()
+        if "shift" in mode:
+            padded = F.pad(view, (1, 1, 1, 1), mode="reflect")
+            moved = model(padded[..., :-2, :-2]).float() + model(padded[..., 2:, 2:]).float()
+            logits = 0.5 * logits + 0.25 * moved
+        total = total + logits
+    return total / len(views)
 
 
 def summarize(confusion: torch.Tensor, loss_sum: float, classes: list[str]) -> dict:
@@ -64,11 +88,17 @@ def summarize(confusion: torch.Tensor, loss_sum: float, classes: list[str]) -> d
             "confusion": confusion.tolist()}
 
 
+def tta_note(metrics: dict) -> str:
+    """", flip TTA" (or the mode used) when the metrics came with test-time augmentation."""
+    mode = tta_mode(metrics.get("tta", ""))
+    return f", {mode} TTA" if mode else ""
+
+
 def format_report(metrics: dict, split: str = "test") -> str:
     """The accuracy on ``split`` (the split's name leads the line, so a validation run does not read as a
     test result), top-k and per-class accuracies."""
     lines = [f"{split} accuracy {100 * metrics['accuracy']:.2f}% (error {100 * metrics['error']:.2f}%, "
-             f"{metrics['correct']}/{metrics['n']} images{', flip TTA' if metrics.get('tta') else ''})"]
+             f"{metrics['correct']}/{metrics['n']} images{tta_note(metrics)})"]
     for k, accuracy in metrics.get("topk", {}).items():
         if k != "1":
             lines.append(f"top-{k} accuracy {100 * accuracy:.2f}%")

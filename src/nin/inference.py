@@ -12,7 +12,7 @@ from .data import DATASETS, DeviceLoader, dataset_info, load_image
 from .data.splits import select_images
 from .data.preprocess import preprocess_from_state
 from .errors import NinError
-from .evaluate import evaluate
+from .evaluate import evaluate, tta_mode
 from .hardware import autocast, use_bf16
 from .models import NIN, create_model, load_state
 
@@ -80,14 +80,15 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> NIN:
 
 def evaluate_trained(trained: Trained, dataset: str | None = None, root: str | None = None,
                      split: str = "test", batch_size: int = 1024, *, topk: tuple[int, ...] = (),
-                     tta: bool = False, amp: str = "auto") -> dict:
+                     tta: str | bool = "", amp: str = "auto") -> dict:
     """Accuracy of a trained model on a split (by default the test split of the data it was trained on).
     ``topk``: also these top-k accuracies; ``tta``: flip test-time augmentation (refused for data sets
     whose class a horizontal flip may change, such as digits)."""
+    tta = tta_mode(tta)
     name = dataset or trained.dataset
     if not name:
         raise NinError("the model does not say which data set it was trained on: give --dataset (and --root)")
-    if tta:
+    if "flip" in tta:
         check_tta(name)
     if root is None and dataset is None:  # the training data, where training found it
         root = trained.config.get("root") or None
@@ -117,8 +118,9 @@ def check_tta(dataset: str) -> None:
     info = dataset_info(dataset)
     if not info.flip:
         allowed = ", ".join(name for name, other in DATASETS.items() if other.flip)
-        raise NinError(f"--tta is not offered for {info.title}: it averages each image with its horizontal flip, "
-                       f"which can change a {info.title} image's class; data sets that allow it: {allowed}")
+        raise NinError(f"--tta flip is not offered for {info.title}: it averages each image with its horizontal "
+                       f"flip, which can change a {info.title} image's class (--tta shift can); data sets that "
+                       f"allow flips: {allowed}")
 
 
 PREDICT_BATCH = 64  # images decoded and run at once: memory stays flat however many files are given

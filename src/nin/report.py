@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .errors import NinError
-from .evaluate import metrics_json
+from .evaluate import metrics_json, tta_note
 from .plotting import new_figure, require_matplotlib
 
 FILES = ("confusion.csv", "confusion.png", "per_class.csv", "per_class.png", "confused_pairs.csv", "metrics.json")
@@ -95,7 +95,7 @@ def write_report(metrics: dict, classes: list[str], out_dir: str | os.PathLike) 
 
 def _title(metrics: dict) -> str:
     title = f"accuracy {100 * metrics['accuracy']:.2f}% on {metrics['n']} images"
-    return title + (", flip TTA" if metrics.get("tta") else "")
+    return title + tta_note(metrics)
 
 
 def _write_csv(path: Path, header: list, rows) -> None:
