@@ -92,6 +92,10 @@ def test_a_bad_recipe_file_is_one_line(tmp_path, capsys, folder_data, text, mess
     (["--label-smoothing", "2"], "label-smoothing must be below 1, got 2.0"),
     (["--channels", "5"], "channels must be 1 (grey) or 3 (colour), got 5"),
     (["--translate", "100000"], "--translate 100000 shifts images of 28 pixels out of view"),
+    (["--bn-bias-lr", "0"], "bn-bias-lr must be positive, got 0.0"),
+    (["--bn-bias-lr", "nan"], "bn-bias-lr must be positive, got nan"),
+    (["--model", "nin_mnist", "--bn-bias-lr", "4"], "--bn-bias-lr need a BatchNorm variant; nin_mnist has none"),
+    (["--model", "nin_mnist", "--freeze-bn-scales"], "need a BatchNorm variant; nin_mnist has none"),
 ])
 def test_a_bad_setting_is_one_line(tmp_path, capsys, folder_data, flags, message):
     code, _, err = run_cli(["train", "--dataset", "folder", "--root", folder_data, *FAST, *flags,

@@ -83,6 +83,19 @@ def test_a_run_with_a_moving_average_of_its_weights_resumes_bit_identical(tmp_pa
     assert_same_run(tmp_path / "straight", run)
 
 
+def test_a_run_with_frozen_batchnorm_scales_and_a_faster_bias_lr_resumes_bit_identical(tmp_path, monkeypatch,
+                                                                                        fashion_mnist_root):
+    options = dict(freeze_bn_scales=True, bn_bias_lr=8.0)
+    fit(small_config(tmp_path / "straight", **options), log=quiet)
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        signal_after_step(patch, 11, signal.SIGTERM)
+        with pytest.raises(Interrupted):
+            fit(small_config(run, **options), log=quiet)
+    resume(run)
+    assert_same_run(tmp_path / "straight", run)
+
+
 def test_sigint_stops_and_resumes_the_same_way(straight, tmp_path, monkeypatch):
     run = tmp_path / "run"
     with monkeypatch.context() as patch:

@@ -70,6 +70,24 @@ def test_a_moving_average_of_the_weights_is_what_the_run_evaluates_and_exports(t
     assert torch.equal(load_trained(tmp_path).model.state_dict()[weight], state["ema_model"][weight])  # eval, export
 
 
+def test_frozen_batchnorm_scales_stay_at_one_and_the_biases_take_their_own_learning_rate(tmp_path,
+                                                                                        fashion_mnist_root):
+    fit(small_config(tmp_path, epochs=1, train_subset=256, freeze_bn_scales=True, bn_bias_lr=4.0),
+        log=lambda *_: None)
+    state = load_checkpoint(tmp_path)
+    norms = [name[:-len(".weight")] for name, tensor in state["model"].items()
+             if name.endswith(".weight") and tensor.ndim == 1]
+    assert norms  # nin_mnist_bn's BatchNorm layers
+    for norm in norms:
+        assert torch.equal(state["model"][f"{norm}.weight"], torch.ones_like(state["model"][f"{norm}.weight"]))
+        assert state["model"][f"{norm}.bias"].abs().sum() > 0  # trained
+    decayed, other, bn_biases = state["optimizer"]["param_groups"]
+    assert bn_biases["lr_scale"] == 4.0 and bn_biases["lr"] == pytest.approx(4 * decayed["lr"])
+    assert len(bn_biases["params"]) == len(norms)
+    trained = len(decayed["params"]) + len(other["params"]) + len(bn_biases["params"])
+    assert trained == len(state["model"]) - 4 * len(norms)  # all but the scales and the 3 buffers of each norm
+
+
 def test_flip_alternate_reaches_the_training_loader(tmp_path, fashion_mnist_root):
     from nin.train import prepare_data
 

@@ -56,6 +56,8 @@ class TrainConfig:
     schedule: str = "cosine"
     step_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
     grad_clip: float | None = None
+    freeze_bn_scales: bool = False
+    bn_bias_lr: float = 1.0
     ema: float = 0.0
     on_nan: str = "stop"
     # running
@@ -109,6 +111,9 @@ HELP: dict[str, str] = {
     "schedule": "the learning rate after the warm-up: cosine | linear | step | constant",
     "step_milestones": "the step schedule: fractions of the run where the lr drops tenfold",
     "grad_clip": "clip the gradient norm at this, 0: off (default: 1 without BatchNorm, off with it)",
+    "freeze_bn_scales": "BatchNorm scales stay at 1, untrained (airbench); BatchNorm variants only",
+    "bn_bias_lr": "the BatchNorm biases' learning rate, as a multiple of the lr (airbench trains them faster); "
+                  "BatchNorm variants only",
     "ema": "evaluate and export an exponential moving average of the weights with this decay (e.g. 0.999; "
            "shorter at the start of a run); 0: off",
     "on_nan": "stop | rollback (reload the last checkpoint, continue at a tenth of the lr)",
@@ -136,7 +141,7 @@ EVAL_SPLITS = ("test", "val")
 CHOICES = {"schedule": SCHEDULES, "flip": FLIPS, "amp": AMPS, "on_nan": ON_NAN, "preprocess": PREPROCESS_KINDS,
            "eval_split": EVAL_SPLITS}
 METAVARS = {int: "N", float: "X", str: "TEXT"}
-_POSITIVE = ("epochs", "batch_size", "lr", "eval_batch_size", "eval_every", "width")
+_POSITIVE = ("epochs", "batch_size", "lr", "eval_batch_size", "eval_every", "width", "bn_bias_lr")
 _NON_NEGATIVE = ("momentum", "weight_decay", "label_smoothing", "warmup_epochs", "ema",
                  "dropout", "grad_clip", "translate", "train_subset", "test_subset", "image_size", "channels", "seed")
 

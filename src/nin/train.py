@@ -152,10 +152,20 @@ def averaged_copy(model: torch.nn.Module, decay_now) -> torch.optim.swa_utils.Av
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.SGD:
-    """SGD with momentum; weight decay on conv/linear weights only (not on biases or BatchNorm)."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """SGD with momentum; weight decay on conv/linear weights only (not on biases or BatchNorm). With
+    ``bn_bias_lr`` other than 1 the BatchNorm biases get their own group, whose ``lr_scale`` multiplies
+    the scheduled lr; frozen BatchNorm scales (``freeze_bn_scales``) are left out."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    bn_biases = {id(m.bias) for m in norms} if config.bn_bias_lr != 1 else set()
+    if config.freeze_bn_scales:
+        for norm in norms:
+            norm.weight.requires_grad_(False)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trained if p.ndim > 1], "weight_decay": config.weight_decay},
+              {"params": [p for p in trained if p.ndim <= 1 and id(p) not in bn_biases], "weight_decay": 0.0}]
+    if bn_biases:
+        groups.append({"params": [p for p in trained if id(p) in bn_biases], "weight_decay": 0.0,
+                       "lr_scale": config.bn_bias_lr})
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
                            nesterov=config.nesterov and config.momentum > 0)
 
@@ -227,6 +237,9 @@ def fit(config: TrainConfig, *, resume: str | None = None, log=print) -> dict:
 
     SIGINT/SIGTERM finish the current step, write a checkpoint and raise ``Interrupted``."""
     config = validate(config)
+    if (config.freeze_bn_scales or config.bn_bias_lr != 1) and not variant_has_batch_norm(config.model):
+        raise NinError(f"--freeze-bn-scales and --bn-bias-lr need a BatchNorm variant; {config.model} has none "
+                       "(nin models lists them)")
     world = init_world(config.device)
     folder = None
     try:
@@ -359,7 +372,7 @@ class Run:
         """The lr (returned) and the dropout rate of this step."""
         lr = lr_at(self.state.step, self.total_steps, self.config) * self.state.lr_scale
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         rate = dropout_at(self.state.step, self.total_steps, self.config)
         for layer in self.dropouts:
             layer.p = rate
