@@ -185,3 +185,26 @@ def test_training_step_memory_counts_what_the_backward_pass_keeps():
     small, double = (training_step_bytes("nin_mnist", {}, batch, 1, 28) for batch in (64, 128))
     activations = double - small  # what 64 more images add: the batch's part, the fixed part cancels
     assert small == activations + STEP_OVERHEAD_BYTES + 16 * count_parameters(create_model("nin_mnist"))
+
+
+@pytest.mark.parametrize("channels, pairs", [(1, 25), (3, 48)])
+def test_whitening_decorrelates_the_first_layers_outputs_on_real_images(fashion_mnist_root, channels, pairs):
+    """Grey 5x5 patches have 25 directions (50 of the 96 filters set); colour ones 75, more than the 48
+    pairs that 96 filters hold: the strongest 48."""
+    from nin.data import load_dataset
+    from nin.models import whiten_first_layer
+
+    images = load_dataset("fashion-mnist", None, "test").images[:200].float() / 255  # all of them used
+    images = images * torch.rand(200, channels, 1, 1, generator=torch.Generator().manual_seed(0))  # tinted
+    images = (images - images.mean()) / images.std()
+    model = create_model("nin_mnist_bn", in_channels=channels)
+    before = model.features1[0].weight.detach().clone()
+    assert whiten_first_layer(model, images) == 2 * pairs
+    conv = model.features1[0]
+    outputs = conv(images).detach().transpose(0, 1).reshape(conv.out_channels, -1).double()
+    second_moment = outputs[:pairs] @ outputs[:pairs].T / outputs.shape[1]
+    assert second_moment[0, 0].item() == pytest.approx(1.0, abs=0.01)  # the strongest direction: unit variance
+    off_diagonal = second_moment - torch.diag(second_moment.diag())
+    assert off_diagonal.abs().max().item() < 0.01  # uncorrelated
+    assert torch.equal(conv.weight[pairs:2 * pairs], -conv.weight[:pairs])  # each filter with its negation
+    assert torch.equal(conv.weight[2 * pairs:], before[2 * pairs:])  # the others keep their random start

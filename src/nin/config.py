@@ -28,6 +28,7 @@ class TrainConfig:
     dropout_warmup: bool | None = None
     init: str = "kaiming"
     data_init: bool = True
+    whiten: bool = False
     head: str = "gap"
     relu_before_gap: bool = True
     pools: list[str] = field(default_factory=list)
@@ -81,6 +82,8 @@ HELP: dict[str, str] = {
                       "without BatchNorm, where dropout's noise at the first steps can kill the class maps)",
     "init": "kaiming (robust) | gaussian (the authors' std 0.05) | torch (PyTorch's defaults)",
     "data_init": "without BatchNorm: fit each layer's scale to a batch of training images (LSUV)",
+    "whiten": "start the first convolution as a patch-whitening layer (airbench): its filters the +/- "
+              "eigenvectors of the training patches' covariance, scaled to unit variance (still trained)",
     "head": "gap (global average pooling, the paper) | fc | fc_dropout (Table 5's alternatives)",
     "relu_before_gap": "a ReLU on the category maps before global average pooling (the paper's network)",
     "pools": "pooling per stage but the last: max | avg | none (empty: the variant's)",

@@ -479,6 +479,40 @@ def fit_init_to_data(model: nn.Module, images: torch.Tensor, *, target_std: floa
         model.train(training)
 
 
+WHITENING_PATCHES = 200_000  # enough image patches for a stable covariance (at most a few hundred dimensions)
+
+
+@torch.no_grad()
+def whiten_first_layer(model: nn.Module, images: torch.Tensor, eps: float = 5e-4) -> int:
+    """A patch-whitening start for the first convolution (airbench, after hlb-CIFAR10): its filters become
+    the eigenvectors of the covariance of the image patches it sees, each divided by the square root of
+    its eigenvalue (plus ``eps``), in +/- pairs so that a ReLU keeps both signs, the strongest directions
+    first. Its outputs on such patches are then uncorrelated with unit variance. With more filters than
+    two per direction the rest keep their random start; with fewer, only the strongest directions are
+    used. The filters stay trainable. Returns how many filters were set."""
+    conv = _weight_layers(model)[0]
+    if not isinstance(conv, nn.Conv2d):
+        raise NinError(f"whitening needs a convolution first, not {type(conv).__name__}")
+    per_image = _output_positions(conv, images.shape[-1])
+    images = images[:max(1, WHITENING_PATCHES // per_image)].float()
+    patches = F.unfold(images, conv.kernel_size, padding=conv.padding, stride=conv.stride)  # (N, C*k*k, L)
+    patches = patches.transpose(1, 2).reshape(-1, patches.shape[1]).double()
+    covariance = patches.T @ patches / len(patches)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
+    filters = (eigenvectors / (eigenvalues.clamp(min=0) + eps).sqrt()).T.flip(0)  # strongest first, one a row
+    count = min(conv.out_channels // 2, len(filters))
+    paired = torch.cat([filters[:count], -filters[:count]]).view(2 * count, *conv.weight.shape[1:])
+    conv.weight[:2 * count] = paired.to(conv.weight.dtype)
+    if conv.bias is not None:
+        conv.bias[:2 * count] = 0
+    return 2 * count
+
+
+def _output_positions(conv: nn.Conv2d, size: int) -> int:
+    side = (size + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+    return max(1, side) ** 2
+
+
 def _in_forward_order(model: NIN) -> list[nn.Module]:
     """The modules a NIN's forward pass runs, in order, as one chain (its stages, then an FC head's layers;
     global average pooling has no weights)."""

@@ -31,7 +31,7 @@ from .evaluate import evaluate, format_report
 from .defaults import MAX_WARMUP_FRACTION, resolve_eval_every, resolve_for_data, resolve_for_model
 from .hardware import (autocast, free_memory, precision_name, readable_bytes, require_memory, resolve_device,
                        use_bf16)
-from .models import (create_model, default_cfg, fit_init_to_data, training_step_bytes,
+from .models import (create_model, default_cfg, fit_init_to_data, training_step_bytes, whiten_first_layer,
                      variant_has_batch_norm)
 from .distributed import (World, all_reduce_sum, any_process, broadcast_from_main, close_world, device_for,
                           init_world, local_batch_size, wrap)
@@ -284,8 +284,12 @@ class Run:
         self.model = create_model(config.model, **self.model_kwargs).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if resumed is None and config.data_init and plain:
-            fit_init_to_data(self.model, init_batch(self.data.train, config.seed))
+        if resumed is None and (config.whiten or config.data_init and plain):
+            batch = init_batch(self.data.train, config.seed)
+            if config.whiten:
+                whiten_first_layer(self.model, batch)
+            if config.data_init and plain:
+                fit_init_to_data(self.model, batch)
         self.optimizer = make_optimizer(self.model, config)
         self.dropouts = [m for m in self.model.modules() if isinstance(m, torch.nn.Dropout)]
         self.state = RunState()
