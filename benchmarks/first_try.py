@@ -111,9 +111,9 @@ def main() -> None:
     sweeps = [point for name in knobs for point in SWEEPS[name]]
     changed = parse_changes(args.change)
 
+    specs = {name: settings(name, Path(args.zoo_root)) for name in sets}  # every set written before any training
     table = []
-    for name in sets:
-        spec = settings(name, Path(args.zoo_root))
+    for name, spec in specs.items():
         for model in models:
             runs = [train_once(name, spec, model, seed, args.split, Path(args.out) / name / model / f"seed{seed}",
                                **changed) for seed in range(args.seeds)]

@@ -107,7 +107,11 @@ def _recolour(grey: torch.Tensor, seed: int) -> torch.Tensor:
 
 def _digits():
     """scikit-learn's 1,797 8x8 digits (0..16 grey levels); every fifth image of each class for testing."""
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise SystemExit("zoo: the digits set comes from scikit-learn, which is not installed: "
+                         "pip install scikit-learn (or leave digits out of --sets)") from None
 
     digits = load_digits()
     images = torch.from_numpy((digits.images * (255 / 16)).round().astype(np.uint8)).unsqueeze(1)
