@@ -1,10 +1,11 @@
 """`nin reproduce`: every row of the paper is a recipe, and every recipe trains on its real file format."""
 import json
+from pathlib import Path
 
 import pytest
 
 from nin.cli import main
-from nin.reproduce import all_rows as paper_rows_and_best, paper_rows, select_rows
+from nin.reproduce import _command, all_rows as paper_rows_and_best, paper_rows, select_rows
 from formats import write_cifar10, write_cifar100, write_mnist, write_svhn
 
 PAPER = {"table1-dropout": 10.41, "table1-dropout-aug": 8.81, "table2": 35.68, "table3": 2.35, "table4": 0.47,
@@ -113,7 +114,7 @@ def test_a_bad_paper_table_is_one_line(table, message, tmp_path, capsys):
 
 def test_claims_runs_the_rows_of_the_papers_comparisons_and_writes_their_verdicts(fashion_mnist_root, tmp_path):
     assert select_rows("claims") == ["table5-gap", "table5-fc-dropout", "table5-fc", "sec4.6-fc-dropout",
-                                     "sec4.6-gap", "sec4.6-fc", "table1-dropout", "fig3-no-dropout"]
+                                     "sec4.6-gap", "sec4.6-fc", "fig3-no-dropout"]  # figure 3's twin: table5-gap
     assert main(["reproduce", "claims", "--dataset", "fashion-mnist", "--out", str(tmp_path),
                  "--epochs", "1", "--train-subset", "16", "--test-subset", "8", "--batch-size", "8",
                  "--device", "cpu", "--width", "0.25"]) == 0  # narrower networks: what a CPU can run
@@ -126,6 +127,9 @@ def test_claims_runs_the_rows_of_the_papers_comparisons_and_writes_their_verdict
     assert all(("holds by" in line or "reversed by" in line) and "| 1 |" in line for line in claims)
     said = next(line for line in lines if line.startswith("settings changed from the recipes: "))
     assert "dataset=fashion-mnist" in said and "epochs=1" in said and "width=0.25" in said
+    assert (f"command: `nin reproduce claims --seeds 1 --out {tmp_path} --dataset fashion-mnist --device cpu --epochs 1 "
+            "--train-subset 16 --test-subset 8 --batch-size 8 --width 0.25`") in lines  # the table says how to remake it
+    assert "| table5-gap < fig3-no-dropout | 10.41% < 14.51% |" in claims[2]
     config = json.loads((tmp_path / "sec4.6-fc" / "seed0" / "config.json").read_text())
     assert config["width"] == 0.25 and config["model"] == "cnn_sec46" and config["head"] == "fc"
 
@@ -143,3 +147,10 @@ def test_reproduce_run_again_with_the_same_out_reuses_its_runs(fashion_mnist_roo
     assert main([*argv[:-len(TINY)], *TINY[:1], "2", *TINY[2:]]) == 2  # --epochs 2 against the run's 1
     err = capsys.readouterr().err
     assert "seed0 holds a run with epochs = 1, not 2: run with another --out" in err and err.count("\n") == 1
+
+
+def test_the_tables_command_line_names_each_changed_setting_as_its_flag():
+    command = _command("table4", 2, Path("runs/t4"), {"dataset": "fashion-mnist", "train_subset": 500,
+                                                      "compile": False, "channels_last": True})
+    assert command == ("nin reproduce table4 --seeds 2 --out runs/t4 --dataset fashion-mnist --train-subset 500 "
+                       "--no-compile --channels-last")

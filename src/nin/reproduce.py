@@ -28,7 +28,8 @@ CLAIMS = (
      ("table5-gap", "table5-fc-dropout", "table5-fc")),
     ("Section 4.6: on a conventional CNN, global average pooling beats a plain fully connected head and comes "
      "near one with dropout", ("sec4.6-fc-dropout", "sec4.6-gap", "sec4.6-fc")),
-    ("Figure 3: dropout between the mlpconv layers cuts the error", ("table1-dropout", "fig3-no-dropout")),
+    # NIN with dropout is Table 5's GAP row: the same recipe as table1-dropout, so it is trained once
+    ("Figure 3: dropout between the mlpconv layers cuts the error", ("table5-gap", "fig3-no-dropout")),
 )
 
 
@@ -125,9 +126,10 @@ def reproduce(target: str, *, seeds: int = 1, out: str | Path = "reproduce", ove
         runs = [_run_once(config, lambda line, row=row, seed=config.seed: log(f"[{row} seed {seed}] {line}"))
                 for config in configs]
         results.append((row, configs[0], runs))
-        _write_results(out / "results.md", results, overrides)  # after every row: a partial table survives
+        said = _command(target, seeds, out, overrides)
+        _write_results(out / "results.md", results, overrides, said)  # after every row: a partial table survives
         if target == "claims":
-            _write_claims(out / "paper-claims.md", results, overrides)
+            _write_claims(out / "paper-claims.md", results, overrides, said)
     log(f"results: {out / 'results.md'}" + (f" and {out / 'paper-claims.md'}" if target == "claims" else ""))
     return out / "results.md"
 
@@ -160,8 +162,21 @@ def _check_same_settings(saved: TrainConfig, planned: TrainConfig) -> None:
                            "another --out, or with the settings of the run there")
 
 
-def _write_results(path: Path, results: list, overrides: dict) -> None:
+def _command(target: str, seeds: int, out: Path, overrides: dict) -> str:
+    """The ``nin reproduce`` command line that makes this table (the tables say it, so a reader can rerun it)."""
+    flags = [f"--seeds {seeds}", f"--out {out}"]
+    for field, value in overrides.items():
+        flag = "--" + field.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else f"--no-{flag[2:]}")
+        else:
+            flags.append(f"{flag} {value}")
+    return f"nin reproduce {target} {' '.join(flags)}"
+
+
+def _write_results(path: Path, results: list, overrides: dict, command: str) -> None:
     lines = ["# nin reproduce", "", f"hardware: {describe_hardware(overrides.get('device', 'auto'))}", "",
+             f"command: `{command}`", "",
              *(["evaluated on the paper's validation split (held out of the training images), not the test "
                 "set", ""] if overrides.get("eval_split") == "val" else []),
              "| row | setting | data set | error to match | ours (mean ± std) | seeds | epochs | training "
@@ -180,12 +195,12 @@ def _write_results(path: Path, results: list, overrides: dict) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def _write_claims(path: Path, results: list, overrides: dict) -> None:
+def _write_claims(path: Path, results: list, overrides: dict, command: str) -> None:
     """The paper's comparisons: for each claim, the paper's errors and ours in the paper's order, and
     whether each step of the order holds, by how much against the seeds' spread."""
     errors = {row: [100 * error for error, _, _ in runs] for row, _, runs in results}
     lines = ["# The paper's claims, checked", "", f"hardware: {describe_hardware(overrides.get('device', 'auto'))}",
-             f"settings changed from the recipes: {_said(overrides)}", "",
+             f"settings changed from the recipes: {_said(overrides)}", "", f"command: `{command}`", "",
              "| claim | rows, best first (the paper's order) | paper: error | ours: error (mean ± std) | seeds | "
              "verdict |", "|---|---|---|---|---:|---|"]
     for claim, rows in CLAIMS:
