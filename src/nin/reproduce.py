@@ -121,12 +121,11 @@ def reproduce(target: str, *, seeds: int = 1, out: str | Path = "reproduce", ove
     rows = select_rows(target)
     plans = {row: [row_config(row, seed, out, overrides) for seed in range(seeds)] for row in rows}
     check_data([config for configs in plans.values() for config in configs])
-    results = []
+    results, said = [], _command(target, seeds, out, overrides)
     for row, configs in plans.items():
         runs = [_run_once(config, lambda line, row=row, seed=config.seed: log(f"[{row} seed {seed}] {line}"))
                 for config in configs]
         results.append((row, configs[0], runs))
-        said = _command(target, seeds, out, overrides)
         _write_results(out / "results.md", results, overrides, said)  # after every row: a partial table survives
         if target == "claims":
             _write_claims(out / "paper-claims.md", results, overrides, said)
