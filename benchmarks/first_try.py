@@ -81,7 +81,9 @@ def swept(knob: str, factor: float, default_run: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sets", default=",".join(ZOO), help=f"comma-separated, of {', '.join(ZOO)}")
+    table_sets = [name for name in ZOO if not name.endswith("-heldout")]  # a held-out set is for choosing only
+    parser.add_argument("--sets", default=",".join(table_sets), help=f"comma-separated, of {', '.join(ZOO)} "
+                        "(default: all but the -heldout ones)")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--sweep", default="lr,length", help="comma-separated, of lr, length (default: both); "

@@ -6,7 +6,8 @@ digits (a real image set shipped inside a package: `pip install scikit-learn`).
 Each set is a dict of ``nin train`` settings (``ZOO[name]``); ``build(name, root)`` writes the folder
 sets under ``root`` (the IDX sets need nothing written). Folder sets take their training images from
 Fashion-MNIST's training split and their test images from its test split, so validation (the last fifth
-of each training class, ``--eval-split val``) and test never share an image.
+of each training class, ``--eval-split val``) and test never share an image. A ``-heldout`` set is for
+choosing: its test folder holds other images of Fashion-MNIST's training split.
 """
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ ZOO: dict[str, dict] = {
     "3class-1500": dict(dataset="folder", channels=1, image_size=28,
                         build=dict(train=1_500, size=28, classes=THREE_CLASSES)),
     "digits": dict(dataset="folder", channels=1, image_size=28, build=dict(digits=True)),
+    # for choosing, not for the table: grey64-1k's training images, tested on 2,000 other images of Fashion-MNIST's
+    # training split (a validation set ten times the size of grey64-1k's --eval-split val, which holds 200)
+    "grey64-1k-heldout": dict(dataset="folder", channels=1, image_size=64,
+                              build=dict(train=1_000, size=64, held_out=2_000)),
 }
 
 
@@ -60,33 +65,37 @@ def settings(name: str, root: Path) -> dict:
 
 
 def build(name: str, root: Path, *, train: int = 0, size: int = 28, colour: bool = False,
-          classes: tuple[str, ...] = (), digits: bool = False) -> Path:
+          classes: tuple[str, ...] = (), digits: bool = False, held_out: int = 0) -> Path:
+    """A folder set: ``train`` images of Fashion-MNIST's training split, tested on TEST_IMAGES of its test
+    split, or, with ``held_out``, on that many more of its training split (a validation set)."""
     folder = Path(root) / name
     if (folder / "done").exists():
         return folder
     if digits:
         splits = _digits()
     else:
-        splits = {split: _fashion(split, count, size, colour, classes)
-                  for split, count in (("train", train), ("test", TEST_IMAGES))}
+        splits = {"train": _fashion("train", train, size, colour, classes),
+                  "test": (_fashion("train", held_out, size, colour, classes, skip=train) if held_out
+                           else _fashion("test", TEST_IMAGES, size, colour, classes))}
     for split, (images, labels, names) in splits.items():
         _write_pngs(folder / split, images, labels, names)
     (folder / "done").write_text("complete\n")
     return folder
 
 
-def _spread(count: int, total: int, seed: int) -> torch.Tensor:
-    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:count].sort().values
+def _spread(count: int, total: int, seed: int, skip: int = 0) -> torch.Tensor:
+    """``count`` rows of ``total`` drawn at random, after the first ``skip`` of the same draw."""
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[skip:skip + count].sort().values
 
 
-def _fashion(split: str, count: int, size: int, colour: bool, classes: tuple[str, ...]):
+def _fashion(split: str, count: int, size: int, colour: bool, classes: tuple[str, ...], skip: int = 0):
     images, labels, names = load_dataset("fashion-mnist", None, split)
     if classes:
         keep = [names.index(c) for c in classes]
         rows = torch.isin(labels, torch.tensor(keep)).nonzero().flatten()
         images, labels = images[rows], torch.tensor([keep.index(int(y)) for y in labels[rows]])
         names = list(classes)
-    rows = _spread(min(count, len(labels)), len(labels), seed=1 if split == "train" else 2)
+    rows = _spread(min(count, len(labels) - skip), len(labels), seed=1 if split == "train" else 2, skip=skip)
     images, labels = images[rows], labels[rows]
     if size != images.shape[-1]:
         resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)

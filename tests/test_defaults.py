@@ -41,7 +41,8 @@ def test_a_short_run_gets_smaller_batches_so_that_it_has_enough_steps():
 def test_tiny_sets_get_a_floor_of_steps_and_a_cap_of_epochs():
     epochs, batch = resolved(images=500)
     assert epochs * (500 // batch) >= MIN_STEPS and batch == 64
-    assert resolved(images=40) == (MAX_EPOCHS, 32)  # one step an epoch: the cap, not 300 epochs
+    assert resolved(images=40) == (MAX_EPOCHS, 32)  # one step an epoch: the cap, not 400 epochs
+    assert resolved(images=1_000) == (48, 64)  # 720 steps: batch 128 would give 336, too few to fit the set
 
 
 def test_what_the_user_gives_is_kept_and_what_is_resolved_is_said():
@@ -51,7 +52,7 @@ def test_what_the_user_gives_is_kept_and_what_is_resolved_is_said():
     config = resolve_for_data(TrainConfig(), 1_400, log=lines.append)
     assert (config.epochs, config.batch_size) == (41, 128)
     assert lines == ["1,400 training images: 41 epochs of batch 128, 410 steps, warm-up 10 epochs (the defaults for "
-                     "this many images: about 1500 x sqrt(images) seen, at least 300 steps, at least 100 steps of "
+                     "this many images: about 1500 x sqrt(images) seen, at least 400 steps, at least 100 steps of "
                      "warm-up; --epochs, --batch-size and --warmup-epochs set them)"]
 
 

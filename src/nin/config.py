@@ -102,7 +102,7 @@ HELP: dict[str, str] = {
             "flipped on every other epoch from a random start, as airbench)",
     "preprocess": "standardize (per-channel mean/std) | gcn_zca (CIFAR, the paper) | lcn (SVHN)",
     "epochs": "passes over the training images (default: follows from the data's size: about 1500 x sqrt(images) seen)",
-    "batch_size": "images per step (default: 128, or 64 or 32 when the run would have fewer than 300 steps)",
+    "batch_size": "images per step (default: 128, or 64 or 32 when the run would have fewer than 400 steps)",
     "lr": "the peak learning rate of SGD (default: 0.1 with BatchNorm; without it 0.2 at batch 128, times "
           "sqrt(batch / 128) at other batches)",
     "momentum": "SGD momentum",
