@@ -35,7 +35,7 @@ TRAINING_METHODS = {
     "alternating flips": {"flip": "alternate"},
     "no label smoothing": {"label_smoothing": 0.0},
     "batch 256, lr 0.2": {"batch_size": 256, "lr": 0.2},
-    "frozen BN scales, BN biases at 4x lr": {"freeze_bn_scales": True, "bn_bias_lr": 4.0},
+    "frozen BN scales + BN biases at 4x lr": {"freeze_bn_scales": True, "bn_bias_lr": 4.0},
     "whitened first layer": {"whiten": True},
 }
 READINGS = (("last weights", False, ""), ("+ flip TTA", False, "flip"), ("EMA", True, ""),
