@@ -661,6 +661,21 @@ def test_alternating_flips_show_each_image_flipped_on_every_other_epoch():
     assert all(second[i] != first[i] and third[i] == first[i] for i in range(64))
 
 
+def test_progressive_resizing_scales_the_training_batches_of_an_epoch_down_and_not_the_test_batches():
+    images, labels = random_images(32, channels=1, size=28), torch.arange(32)
+    train = DeviceLoader(images, labels, identity(1), batch_size=8, train=True, seed=1)
+    test = DeviceLoader(images, labels, identity(1), batch_size=8)
+    train.set_epoch(0, image_size=14)
+    small, ids = next(iter(train))
+    assert small.shape == (8, 1, 14, 14)
+    expected = torch.nn.functional.interpolate(images[ids].float() / 255, size=(14, 14), mode="bilinear",
+                                               antialias=True, align_corners=False)
+    torch.testing.assert_close(small, expected)  # the same images, scaled down (seed 1 neither shifts nor flips)
+    train.set_epoch(1)  # no size: as stored
+    assert next(iter(train))[0].shape == (8, 1, 28, 28)
+    assert next(iter(test))[0].shape == (8, 1, 28, 28)
+
+
 def test_loader_shards_are_disjoint_halves():
     images, labels = random_images(12), torch.arange(12)
 

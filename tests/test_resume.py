@@ -83,9 +83,10 @@ def test_a_run_with_a_moving_average_of_its_weights_resumes_bit_identical(tmp_pa
     assert_same_run(tmp_path / "straight", run)
 
 
-def test_a_run_with_airbenchs_methods_resumes_bit_identical(tmp_path, monkeypatch, fashion_mnist_root):
-    """A whitened first layer (set once, at the start), frozen BatchNorm scales, faster BatchNorm biases."""
-    options = dict(whiten=True, freeze_bn_scales=True, bn_bias_lr=8.0)
+def test_a_run_with_the_fast_training_methods_resumes_bit_identical(tmp_path, monkeypatch, fashion_mnist_root):
+    """A whitened first layer (set once, at the start), frozen BatchNorm scales, faster BatchNorm biases,
+    progressive resizing (the stop falls in epoch 2, at 21 pixels)."""
+    options = dict(whiten=True, freeze_bn_scales=True, bn_bias_lr=8.0, progressive_resize=14)
     fit(small_config(tmp_path / "straight", **options), log=quiet)
     run = tmp_path / "run"
     with monkeypatch.context() as patch:

@@ -10,7 +10,7 @@ from nin.checkpoint import load_checkpoint
 from nin.config import TrainConfig
 from nin.errors import NinError
 from nin.hardware import cpu_has_native_bf16, use_bf16
-from nin.train import ema_decay_at, fit, lr_at, resume_config
+from nin.train import ema_decay_at, fit, image_size_at, lr_at, resume_config
 
 
 def small_config(out, **changes) -> TrainConfig:
@@ -208,3 +208,19 @@ def test_amp_auto_is_bf16_on_cuda_and_on_cpus_that_multiply_bf16_natively(tmp_pa
         assert use_bf16("auto", cpu) is native
         assert use_bf16("bf16", cpu) and not use_bf16("off", cpu)
         assert use_bf16("auto", cuda) and not use_bf16("off", cuda)
+
+
+def test_progressive_resizing_grows_the_images_to_full_size_for_the_last_quarter_of_the_epochs():
+    assert [image_size_at(epoch, 8, 16, 28) for epoch in range(8)] == [16, 18, 20, 22, 24, 26, 28, 28]
+    assert [image_size_at(epoch, 4, 12, 28) for epoch in range(4)] == [12, 17, 23, 28]
+    assert [image_size_at(epoch, 1, 12, 28) for epoch in range(1)] == [28]  # one epoch: at full size
+    assert [image_size_at(epoch, 5, 0, 28) for epoch in range(5)] == [28] * 5  # off
+
+
+def test_a_progressively_resized_run_trains_small_then_evaluates_at_full_size(tmp_path, fashion_mnist_root):
+    lines = []
+    result = fit(small_config(tmp_path, epochs=3, train_subset=512, progressive_resize=14), log=lines.append)
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert [line.rsplit("  ", 1)[-1] for line in epochs[:2]] == ["at 14px", "at 21px"]
+    assert "px" not in epochs[2]  # the last epoch at the stored 28 pixels
+    assert result["n"] == 1000 and result["accuracy"] > 0.3  # evaluated on 28-pixel images

@@ -44,6 +44,7 @@ class TrainConfig:
     test_subset: int = 0
     translate: int = 2
     flip: str = "auto"
+    progressive_resize: int = 0
     preprocess: str = "standardize"
     # optimisation
     epochs: int | None = None
@@ -100,6 +101,9 @@ HELP: dict[str, str] = {
     "translate": "random translation by up to this many pixels (0: none)",
     "flip": "random horizontal flips: auto (when the data set allows them) | yes | no | alternate (each image "
             "flipped on every other epoch from a random start, as airbench)",
+    "progressive_resize": "progressive resizing (fast.ai): the first epochs train on images scaled down to this "
+                          "many pixels, growing each epoch to the full size, which the last quarter of the "
+                          "epochs trains at; early epochs cost about (N / size)^2 of a full one (0: off)",
     "preprocess": "standardize (per-channel mean/std) | gcn_zca (CIFAR, the paper) | lcn (SVHN)",
     "epochs": "passes over the training images (default: follows from the data's size: about 1500 x sqrt(images) seen)",
     "batch_size": "images per step (default: 128, or 64 or 32 when the run would have fewer than 400 steps)",
@@ -146,7 +150,8 @@ CHOICES = {"schedule": SCHEDULES, "flip": FLIPS, "amp": AMPS, "on_nan": ON_NAN, 
 METAVARS = {int: "N", float: "X", str: "TEXT"}
 _POSITIVE = ("epochs", "batch_size", "lr", "eval_batch_size", "eval_every", "width", "bn_bias_lr")
 _NON_NEGATIVE = ("momentum", "weight_decay", "label_smoothing", "warmup_epochs", "ema",
-                 "dropout", "grad_clip", "translate", "train_subset", "test_subset", "image_size", "channels", "seed")
+                 "dropout", "grad_clip", "translate", "train_subset", "test_subset", "image_size", "channels", "seed",
+                 "progressive_resize")
 
 
 def field_types() -> dict[str, type]:

@@ -128,6 +128,12 @@ class NIN(nn.Module):
         self.head = head
         _initialise(self, init)
 
+    @property
+    def takes_any_size(self) -> bool:
+        """True when no layer is sized for the input (GAP head, no locally connected layer): such a network
+        classifies images of any size (progressive resizing trains it on several)."""
+        return self.head == "gap" and not any(isinstance(m, LocallyConnected2d) for m in self.modules())
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last mlpconv layer's maps: with the GAP head, one category confidence map per class."""
         for index in range(1, self.num_stages + 1):

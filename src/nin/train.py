@@ -65,6 +65,9 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
     if config.translate >= size:
         raise NinError(f"--translate {config.translate} shifts images of {size} pixels out of view: "
                        f"use less than {size}")
+    if config.progressive_resize and not MIN_PROGRESSIVE_SIZE <= config.progressive_resize < size:
+        raise NinError(f"--progressive-resize {config.progressive_resize} is not a smaller size for images of {size} "
+                       f"pixels: use {MIN_PROGRESSIVE_SIZE} to {size - 1}, or 0 for none")
     root = config.root or None
     # eval_split "val": the paper's validation images, held out of the training images, stand in for the test set
     train, test = select_images(config.dataset, root, config.train_split, config.eval_split, image_size=size,
@@ -112,6 +115,20 @@ def _subset(images: torch.Tensor, labels: torch.Tensor, count: int) -> tuple[tor
         return images, labels
     rows = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:count].sort().values
     return take_rows(images, rows), labels[rows]
+
+
+MIN_PROGRESSIVE_SIZE = 8  # three 3x3/2 poolings still leave a map to average
+FULL_SIZE_FRACTION = 0.25  # progressive resizing: the last quarter of the epochs trains at full size
+
+
+def image_size_at(epoch: int, epochs: int, start: int, full: int) -> int:
+    """The training images' side in ``epoch`` (from 0) under progressive resizing from ``start`` pixels: rising
+    linearly, epoch by epoch, to ``full``, which the last quarter of the epochs (at least the last) trains at;
+    ``full`` throughout when ``start`` is 0."""
+    full_from = epochs - max(1, round(FULL_SIZE_FRACTION * epochs))
+    if not start or epoch >= full_from:
+        return full
+    return round(start + (full - start) * epoch / full_from)
 
 
 def init_batch(loader: DeviceLoader, seed: int, count: int = 256) -> torch.Tensor:
@@ -282,6 +299,10 @@ class Run:
         require_memory(step_bytes, self.device, f"training {config.model} on batches of {batch} images of "
                        f"{self.data.size} pixels", "lower --batch-size or --image-size")
         self.model = create_model(config.model, **self.model_kwargs).to(self.device)
+        if config.progressive_resize and not self.model.takes_any_size:
+            raise NinError(f"--progressive-resize needs a network that takes any image size (global average "
+                           f"pooling, no locally connected layer); {config.model} with head {config.head} has a "
+                           "layer sized for its images")
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if resumed is None and (config.whiten or config.data_init and plain):
@@ -342,7 +363,8 @@ class Run:
         """Train from the state's batch to the end of the epoch; False if a stop signal came first."""
         state, loader, config = self.state, self.data.train, self.config
         self.model.train()
-        loader.set_epoch(state.epoch)
+        loader.set_epoch(state.epoch, image_size_at(state.epoch, config.epochs, config.progressive_resize,
+                                                    self.data.size))
         loss_sum = torch.tensor(state.loss_sum, device=self.device)
         correct = torch.tensor(state.correct, device=self.device)
         started = time.perf_counter() - state.seconds
@@ -437,8 +459,10 @@ class Run:
         self.save()
         self.tensorboard.log_epoch(row, row["step"])
         tested = f"  test {100 * metrics['accuracy']:.2f}%" if metrics else ""
+        resized = self.data.train.image_size
+        at_size = f"  at {resized}px" if resized and resized != self.data.size else ""
         self.log(f"epoch {epoch}/{config.epochs}  loss {train_loss:.4f}  train {100 * train_acc:.2f}%{tested}  "
-                 f"lr {row['lr']:.4g}  {row['seconds']:.1f}s")
+                 f"lr {row['lr']:.4g}  {row['seconds']:.1f}s{at_size}")
         if state.step >= warmup_steps(self.total_steps, config):  # a slow start at the warm-up's low lr is expected
             _warn_if_stuck(train_loss, len(self.data.classes), epoch, config, self.log)
         return metrics

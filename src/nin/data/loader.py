@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 
 from .packed import PackedImages, prefetched
 
@@ -33,11 +34,14 @@ class DeviceLoader:
         self.translate, self.flip = translate if train else 0, flip and train
         self.alternate_flips = alternate_flips  # each image flipped on every other epoch, not by a coin each time
         self.seed, self.epoch = seed, 0
+        self.image_size = 0  # training batches resized to this side (progressive resizing); 0: as stored
         self.channels_last = channels_last
         self.rank, self.world_size = rank, world_size
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, image_size: int = 0) -> None:
+        """The epoch whose order and augmentation ``batches`` yields; ``image_size``: its images' side
+        (0: as stored)."""
+        self.epoch, self.image_size = epoch, image_size
 
     def __len__(self) -> int:
         count = self._shard_size()
@@ -64,6 +68,9 @@ class DeviceLoader:
                 mask = flips[rows_slice(index, self.batch_size, len(rows))].view(-1, 1, 1, 1)
                 batch = torch.where(mask, batch.flip(3), batch)
             batch = self.preprocess(batch)
+            if self.image_size and self.image_size != batch.shape[-1]:
+                batch = F.interpolate(batch, size=(self.image_size, self.image_size), mode="bilinear",
+                                      antialias=True, align_corners=False)
             if self.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             yield batch, self.labels[rows]
