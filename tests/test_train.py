@@ -217,10 +217,23 @@ def test_progressive_resizing_grows_the_images_to_full_size_for_the_last_quarter
     assert [image_size_at(epoch, 5, 0, 28) for epoch in range(5)] == [28] * 5  # off
 
 
-def test_a_progressively_resized_run_trains_small_then_evaluates_at_full_size(tmp_path, fashion_mnist_root):
+def test_a_progressively_resized_run_trains_and_tests_small_then_at_full_size(tmp_path, fashion_mnist_root,
+                                                                           monkeypatch):
+    import nin.train
+
+    evaluated_sizes, real_evaluate = [], nin.train.evaluate
+
+    def evaluate(model, loader, *args, **kwargs):
+        evaluated_sizes.append(next(iter(loader))[0].shape[-1])
+        return real_evaluate(model, loader, *args, **kwargs)
+
+    monkeypatch.setattr(nin.train, "evaluate", evaluate)
     lines = []
-    result = fit(small_config(tmp_path, epochs=3, train_subset=512, progressive_resize=14), log=lines.append)
+    result = fit(small_config(tmp_path, epochs=3, train_subset=512, progressive_resize=14, eval_every=1),
+                 log=lines.append)
     epochs = [line for line in lines if line.startswith("epoch ")]
     assert [line.rsplit("  ", 1)[-1] for line in epochs[:2]] == ["at 14px", "at 21px"]
     assert "px" not in epochs[2]  # the last epoch at the stored 28 pixels
-    assert result["n"] == 1000 and result["accuracy"] > 0.3  # evaluated on 28-pixel images
+    assert result["n"] == 1000 and result["accuracy"] > 0.3
+    # each epoch is tested at its training size, the last (the run's result) at full size
+    assert evaluated_sizes == [14, 21, 28]

@@ -443,7 +443,11 @@ class Run:
         epoch = state.epoch + 1
         metrics = None
         if epoch % config.eval_every == 0 or epoch == config.epochs:
+            # an epoch trained on scaled-down images (progressive resizing) is tested at its own size: at full
+            # size its numbers would say little about the run (BatchNorm's statistics are those of small images)
+            self.data.test.set_epoch(0, image_size=self.data.train.image_size)
             metrics = evaluate(self.evaluator, self.data.test, self.data.classes, amp=self.amp)
+            self.data.test.set_epoch(0)
             if not math.isfinite(metrics["loss"]):  # finite weights can still overflow on the test images
                 raise NonFiniteLoss(f"the test loss became non-finite by step {state.step} (epoch {epoch})")
         totals = all_reduce_sum(torch.tensor([state.loss_sum, state.correct, state.seen], dtype=torch.float64,
