@@ -1,15 +1,17 @@
-"""The fast-training methods tried on NIN, one at a time and together, at a fixed length (same epochs,
-same images): what each adds to the `fashion-mnist` recipe's accuracy, and what it costs per epoch.
+"""The fast-training methods tried on NIN: what each adds to the `fashion-mnist` recipe (what `make run`
+trains), taken out or added one at a time, and what each run costs.
 
-    .venv/bin/python benchmarks/ablation.py --split val --seeds 3 --epochs 2     # choose: validation split
-    .venv/bin/python benchmarks/ablation.py --split test --seeds 3 --epochs 2    # the table, looked at once
-    .venv/bin/python benchmarks/ablation.py --quick                             # a smoke test of this script
+    .venv/bin/python benchmarks/ablation.py --split val --seeds 3     # choose: validation split
+    .venv/bin/python benchmarks/ablation.py --split test --seeds 3    # the table, looked at once
+    .venv/bin/python benchmarks/ablation.py --quick                  # a smoke test of this script
 
-Training methods change the run, so each gets its own runs (``TRAINING_METHODS``); ``together`` joins them
-all. Every run keeps a moving average of its weights (``--ema``), which does not change its training, so
-each run is read five ways: its last weights, their average (EMA), each with test-time flips (TTA: the
-logits of each image and its mirror image averaged), and the average with flips and one-pixel shifts. Runs are kept under ``--out``: run again with the
-same ``--out`` to add seeds or methods without training again.
+The recipe holds the methods that paid (progressive resizing, a whitened first layer, lr 0.2 without
+dropout); each row of ``TRAINING_METHODS`` takes one out or adds one of those that did not, and "the
+recipe before" is the 5-epoch recipe they replaced. Every run keeps a moving average of its weights
+(``--ema``), which does not change its training, so each run is read five ways: its last weights, their
+average (EMA), each with test-time flips (TTA: the logits of each image and its mirror image averaged),
+and the average with flips and one-pixel shifts. Runs are kept under ``--out``: run again with the same
+``--out`` to add seeds or methods without training again.
 """
 from __future__ import annotations
 
@@ -31,12 +33,16 @@ from nin.hardware import describe_hardware  # noqa: E402
 from nin.inference import evaluate_trained, load_trained  # noqa: E402
 
 TRAINING_METHODS = {
-    "recipe": {},  # fashion-mnist as shipped: random flips, label smoothing 0.1, Nesterov, batch 128
+    "recipe": {},  # fashion-mnist as shipped
+    "without progressive resizing": {"progressive_resize": 0},
+    "without the whitened first layer": {"whiten": False},
+    "lr 0.1": {"lr": 0.1},
+    "dropout 0.3": {"dropout": 0.3},
     "alternating flips": {"flip": "alternate"},
     "no label smoothing": {"label_smoothing": 0.0},
-    "batch 256, lr 0.2": {"batch_size": 256, "lr": 0.2},
+    "batch 256, lr 0.4": {"batch_size": 256, "lr": 0.4},
     "frozen BN scales + BN biases at 4x lr": {"freeze_bn_scales": True, "bn_bias_lr": 4.0},
-    "whitened first layer": {"whiten": True},
+    "the recipe before": {"epochs": 5, "lr": 0.1, "dropout": 0.3, "whiten": False, "progressive_resize": 0},
 }
 READINGS = (("last weights", False, ""), ("+ flip TTA", False, "flip"), ("EMA", True, ""),
             ("EMA + flip TTA", True, "flip"), ("EMA + flip-shift TTA", True, "flip-shift"))
@@ -55,17 +61,18 @@ def readings(run: Path, split: str) -> dict[str, float]:
     return accuracies
 
 
-def seconds_per_epoch(run: Path) -> float:
+def training_minutes(run: Path) -> float:
     rows = list(csv.DictReader(open(run / "metrics.csv", newline="")))
-    return statistics.mean(float(row["seconds"]) for row in rows)
+    return sum(float(row["seconds"]) for row in rows) / 60
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default=",".join(TRAINING_METHODS) + ",together",
-                        help=f"comma-separated, of {', '.join(TRAINING_METHODS)}, together")
+    parser.add_argument("--methods", default=",".join(TRAINING_METHODS),
+                        help=f"comma-separated, of: {'; '.join(TRAINING_METHODS)}")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=2, help="the fixed length of every run")
+    parser.add_argument("--epochs", type=int, default=0,
+                        help="every run's length (default: the recipe's, or the method's own)")
     parser.add_argument("--train-subset", type=int, default=0, help="train on N images (0: all 60,000)")
     parser.add_argument("--ema", type=float, default=0.99, help="the moving average's decay in every run")
     parser.add_argument("--split", choices=("val", "test"), default="val")
@@ -75,37 +82,31 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.epochs, args.train_subset = 1, 1, 512
-    methods = args.methods.split(",")
-    unknown = sorted(set(methods) - set(TRAINING_METHODS) - {"together"})
+    methods = [name.strip() for name in args.methods.split(",")]
+    unknown = sorted(set(methods) - set(TRAINING_METHODS))
     if unknown:
-        parser.error(f"unknown method {unknown[0]!r}: expected some of {', '.join(TRAINING_METHODS)}, together")
+        parser.error(f"unknown method {unknown[0]!r}: expected some of: {'; '.join(TRAINING_METHODS)}")
 
     recipe = {k: v for k, v in dataclasses.asdict(load_recipe("fashion-mnist")).items() if k != "recipe"}
-    common = {"epochs": args.epochs, "train_subset": args.train_subset, "ema": args.ema, "root": args.root,
-              "recipe": "fashion-mnist"}
+    common = {"train_subset": args.train_subset, "ema": args.ema, "root": args.root, "recipe": "fashion-mnist"}
     table = []
     for method in methods:
-        change = _together() if method == "together" else TRAINING_METHODS[method]
+        change = {**TRAINING_METHODS[method], **({"epochs": args.epochs} if args.epochs else {})}
         runs = []
         for seed in range(args.seeds):
             out = Path(args.out) / method.replace(" ", "-").replace(",", "") / f"seed{seed}"
             train_once(method, {**recipe, **common}, recipe["model"], seed, args.split, out, **change)
-            runs.append((readings(out, args.split), seconds_per_epoch(out)))
+            runs.append((readings(out, args.split), training_minutes(out)))
         table.append((method, change, runs))
         _print_table(table, args)
 
 
-def _together() -> dict:
-    joined = {}
-    for change in TRAINING_METHODS.values():
-        joined.update(change)
-    return joined
-
-
 def _print_table(table: list, args) -> None:
-    print(f"\n### Methods on the fashion-mnist recipe: {args.epochs} epoch(s), {args.train_subset or 60000} images, "
+    length = f"{args.epochs} epoch(s)" if args.epochs else "the recipe's epochs"
+    training = args.train_subset or (50_000 if args.split == "val" else 60_000)
+    print(f"\n### Methods on the fashion-mnist recipe: {length}, {training} training images, "
           f"{args.seeds} seed(s), {args.split} split, EMA decay {args.ema}\n")
-    print("| method | " + " | ".join(label for label, _, _ in READINGS) + " | seconds per epoch | flags |")
+    print("| method | " + " | ".join(label for label, _, _ in READINGS) + " | training minutes | flags |")
     print("|---|" + "---:|" * (len(READINGS) + 1) + "---|")
     for method, change, runs in table:
         cells = []
@@ -113,11 +114,18 @@ def _print_table(table: list, args) -> None:
             values = [reading[label] for reading, _ in runs]
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.mean(values):.2f} ± {spread:.2f}%")
-        seconds = statistics.mean(s for _, s in runs)
-        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in change.items()) or "(the recipe)"
-        print(f"| {method} | " + " | ".join(cells) + f" | {seconds:.0f} | `{flags}` |")
+        minutes = statistics.mean(m for _, m in runs)
+        print(f"| {method} | " + " | ".join(cells) + f" | {minutes:.1f} | `{_flags(change) or '(the recipe)'}` |")
     print(f"\ncommand: .venv/bin/python benchmarks/ablation.py {' '.join(sys.argv[1:])}")
     print(f"hardware: {describe_hardware('cpu')}", flush=True)
+
+
+def _flags(change: dict) -> str:
+    """The nin train flags of a change (booleans as --name / --no-name)."""
+    def flag(name: str, value) -> str:
+        name = name.replace("_", "-")
+        return (f"--{name}" if value else f"--no-{name}") if isinstance(value, bool) else f"--{name} {value}"
+    return " ".join(flag(name, value) for name, value in change.items())
 
 
 if __name__ == "__main__":
