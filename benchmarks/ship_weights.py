@@ -43,7 +43,8 @@ def main() -> None:
     path = WEIGHTS_DIR / args.name
     export_model(trained.model, info, "safetensors", path)
     shipped = load_trained(path.with_suffix(".safetensors"))
-    metrics = evaluate_trained(shipped, trained.dataset)  # as `nin eval --weights` evaluates it
+    # in fp32, as `nin eval --weights NAME --amp off` evaluates it on any CPU (bf16 rounds differently by machine)
+    metrics = evaluate_trained(shipped, trained.dataset, amp="off")
     info.source = {**source, "test_accuracy": metrics["accuracy"], "test_images": metrics["n"]}
     written = export_model(trained.model, info, "safetensors", path)
     print(f"wrote {written['model']} and {written['config']}: test accuracy {100 * metrics['accuracy']:.2f}% "

@@ -34,7 +34,7 @@ class DeviceLoader:
         self.translate, self.flip = translate if train else 0, flip and train
         self.alternate_flips = alternate_flips  # each image flipped on every other epoch, not by a coin each time
         self.seed, self.epoch = seed, 0
-        self.image_size = 0  # training batches resized to this side (progressive resizing); 0: as stored
+        self.image_size = 0  # batches resized to this side (progressive resizing, set per epoch); 0: as stored
         self.channels_last = channels_last
         self.rank, self.world_size = rank, world_size
 
