@@ -49,17 +49,19 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, on
 
 
 def test_two_nodes_training_from_one_pack_match_one_process(tmp_path, fashion_mnist_root, one_process):
-    """torchrun's multi-node form (two "nodes" on this machine, one process each, meeting at a c10d
-    rendezvous) trains from one pack, as on a cluster with a shared file system, and takes the steps of
+    """torchrun's multi-node form (two "nodes" on this machine, one process each, meeting at node
+    0's store) trains from one pack, as on a cluster with a shared file system, and takes the steps of
     one process with the same global batch trained from memory."""
     from nin.data.pack import write_pack
 
     pack = write_pack("fashion-mnist", fashion_mnist_root, tmp_path / "fashion.pack", log=lambda _: None)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    # static ranks: node 0 hosts the store and leaves last (with c10d's rendezvous either node could host
+    # it and quit while the other still said goodbye to it, failing that node's exit now and then)
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-                               "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:29533", "--rdzv-id", "nin-test",
+                               "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", "29533",
                                "-m", "nin", "train", *SETTINGS, "--root", str(pack), "--out", str(tmp_path / "nodes")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for rank in range(2)]
     for node in nodes:
         _, err = node.communicate(timeout=600)
         assert node.returncode == 0, err
