@@ -56,8 +56,8 @@ def test_two_nodes_training_from_one_pack_match_one_process(tmp_path, fashion_mn
 
     pack = write_pack("fashion-mnist", fashion_mnist_root, tmp_path / "fashion.pack", log=lambda _: None)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    # static ranks: node 0 hosts the store and leaves last (with c10d's rendezvous either node could host
-    # it and quit while the other still said goodbye to it, failing that node's exit now and then)
+    # static ranks: node 0 hosts the store (with c10d's rendezvous either node can host it; CI once saw
+    # the other node fail at its exit with "Failed to recv, got 0 bytes", the store's host gone)
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                                "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", "29533",
                                "-m", "nin", "train", *SETTINGS, "--root", str(pack), "--out", str(tmp_path / "nodes")],
