@@ -96,6 +96,9 @@ def test_a_bad_recipe_file_is_one_line(tmp_path, capsys, folder_data, text, mess
     (["--bn-bias-lr", "nan"], "bn-bias-lr must be positive, got nan"),
     (["--model", "nin_mnist", "--bn-bias-lr", "4"], "--bn-bias-lr need a BatchNorm variant; nin_mnist has none"),
     (["--model", "nin_mnist", "--freeze-bn-scales"], "need a BatchNorm variant; nin_mnist has none"),
+    (["--erase", "-0.5"], "erase must be zero or more, got -0.5"),
+    (["--erase", "nan"], "erase must be zero or more, got nan"),
+    (["--erase", "1.5"], "erase is the share of training images erased, from 0 to 1, got 1.5"),
     (["--progressive-resize", "-4"], "progressive-resize must be zero or more, got -4"),
     (["--progressive-resize", "28"], "--progressive-resize 28 is not a smaller size for images of 28 pixels: "
                                      "use 8 to 27, or 0 for none"),

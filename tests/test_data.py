@@ -661,6 +661,48 @@ def test_alternating_flips_show_each_image_flipped_on_every_other_epoch():
     assert all(second[i] != first[i] and third[i] == first[i] for i in range(64))
 
 
+def test_random_erasing_blanks_one_rectangle_of_2_to_40_percent_in_about_the_asked_share_of_images():
+    images = torch.full((400, 2, 16, 16), 200, dtype=torch.uint8)  # no pixel is 0 but the erased ones
+    loader = DeviceLoader(images, torch.arange(400), identity(2), batch_size=100, train=True, seed=4, erase=0.5)
+    erased = 0
+    for batch, _ in loader:
+        for image in raw_pixels(batch):
+            blank = (image == 0).nonzero()
+            if not len(blank):
+                continue
+            erased += 1
+            assert torch.equal(image[0] == 0, image[1] == 0)  # every channel, the same place
+            top, left = blank[:, 1].min(), blank[:, 2].min()
+            height, width = blank[:, 1].max() - top + 1, blank[:, 2].max() - left + 1
+            assert len(blank) == 2 * height * width  # one solid rectangle
+            assert 0.02 * 256 - 3 <= height * width <= 0.4 * 256 + 3  # rounding of the sides
+    assert 150 < erased < 250
+
+
+def test_random_erasing_is_fixed_by_seed_and_epoch_and_leaves_the_other_draws_alone():
+    images, labels = random_images(40, channels=1, size=12), torch.arange(40)
+
+    def epoch(erase: float, seed: int = 0, number: int = 1):
+        loader = DeviceLoader(images, labels, identity(1), batch_size=8, train=True, translate=2, flip=True,
+                              seed=seed, erase=erase)
+        loader.set_epoch(number)
+        return list(loader)
+
+    erased, again, plain = epoch(1.0), epoch(1.0), epoch(0.0)
+    for (a, la), (b, lb), (c, lc) in zip(erased, again, plain, strict=True):
+        assert torch.equal(a, b) and torch.equal(la, lb) and torch.equal(la, lc)
+        outside = a != 0
+        assert torch.equal(a[outside], c[outside])  # the same order, shifts and flips; only the rectangles added
+    assert not torch.equal(erased[0][0], epoch(1.0, number=2)[0][0])
+    assert not torch.equal(erased[0][0], epoch(1.0, seed=1)[0][0])
+
+
+def test_evaluation_batches_are_never_erased():
+    images = random_images(16, channels=1)
+    loader = DeviceLoader(images, torch.arange(16), identity(1), batch_size=8, erase=1.0)
+    assert torch.equal(torch.cat([batch for batch, _ in loader]), identity(1)(images))
+
+
 def test_progressive_resizing_scales_the_training_batches_of_an_epoch_down_and_not_the_test_batches():
     images, labels = random_images(32, channels=1, size=28), torch.arange(32)
     train = DeviceLoader(images, labels, identity(1), batch_size=8, train=True, seed=1)

@@ -45,6 +45,7 @@ class TrainConfig:
     translate: int = 2
     flip: str = "auto"
     progressive_resize: int = 0
+    erase: float = 0.0
     preprocess: str = "standardize"
     # optimisation
     epochs: int | None = None
@@ -104,6 +105,8 @@ HELP: dict[str, str] = {
     "progressive_resize": "progressive resizing (fast.ai): the first epochs train on images scaled down to this "
                           "many pixels, growing each epoch to the full size, which the last quarter of the "
                           "epochs trains at; early epochs cost about (N / size)^2 of a full one (0: off)",
+    "erase": "random erasing (Zhong et al., 2017): this share of the training images gets a rectangle of 2-40% "
+             "of its area, aspect ratio 0.3-3.3, set to the data's mean (0 after preprocessing); 0: off",
     "preprocess": "standardize (per-channel mean/std) | gcn_zca (CIFAR, the paper) | lcn (SVHN)",
     "epochs": "passes over the training images (default: follows from the data's size: about 1500 x sqrt(images) seen)",
     "batch_size": "images per step (default: 128, or 64 or 32 when the run would have fewer than 400 steps)",
@@ -151,7 +154,7 @@ METAVARS = {int: "N", float: "X", str: "TEXT"}
 _POSITIVE = ("epochs", "batch_size", "lr", "eval_batch_size", "eval_every", "width", "bn_bias_lr")
 _NON_NEGATIVE = ("momentum", "weight_decay", "label_smoothing", "warmup_epochs", "ema",
                  "dropout", "grad_clip", "translate", "train_subset", "test_subset", "image_size", "channels", "seed",
-                 "progressive_resize")
+                 "progressive_resize", "erase")
 
 
 def field_types() -> dict[str, type]:
@@ -187,6 +190,8 @@ def validate(config: TrainConfig) -> TrainConfig:
     for name in ("dropout", "label_smoothing", "ema"):
         if getattr(config, name) is not None and getattr(config, name) >= 1:
             raise NinError(f"{name.replace('_', '-')} must be below 1, got {getattr(config, name)}")
+    if config.erase > 1:
+        raise NinError(f"erase is the share of training images erased, from 0 to 1, got {config.erase}")
     if config.channels not in (0, 1, 3):
         raise NinError(f"channels must be 1 (grey) or 3 (colour), got {config.channels}")
     return config

@@ -86,7 +86,7 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
     batch_size = local_batch_size(config.batch_size, world)  # each process takes its share of a global batch
     train_loader = DeviceLoader(train_images, train_labels, preprocess, batch_size=batch_size, train=True,
                                 translate=config.translate, flip=flip, seed=config.seed,
-                                alternate_flips=config.flip == "alternate", **common)
+                                alternate_flips=config.flip == "alternate", erase=config.erase, **common)
     test_loader = DeviceLoader(test_images, test_labels, preprocess, batch_size=config.eval_batch_size, **common)
     return Data(config, train_loader, test_loader, train.classes, preprocess, int(train_images.shape[1]),
                 int(train_images.shape[2]))
