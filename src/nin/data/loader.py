@@ -1,7 +1,7 @@
 """A batched loader over a whole uint8 data set held on the training device (airbench style).
 
-No per-image Python work: each batch is one gather, one random-translation gather and one flip,
-done as tensor operations on the device. The order and the augmentation of an epoch depend only on
+No per-image Python work: each batch is one gather, one random-translation gather, one flip and (with
+random erasing) one mask, done as tensor operations on the device. The order and the augmentation of an epoch depend only on
 (seed, epoch), so a resumed run sees exactly the batches it would have seen.
 
 A packed data set (``pack.py``) stays memory-mapped on the host: each batch's images are read from it
