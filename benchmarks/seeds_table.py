@@ -1,0 +1,47 @@
+"""A table of finished (or cut-off) training runs, one row each, and their mean: what a set of seeds scored.
+
+    .venv/bin/python benchmarks/seeds_table.py runs/a runs/b runs/c
+
+Each run folder's metrics.csv gives its last evaluated accuracy (test, or validation for a run with
+``--eval-split val``), the epochs it finished against those configured, and its training minutes; the
+mean and standard deviation are over the runs that finished every epoch.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import sys
+from pathlib import Path
+
+
+def summary(run: Path) -> dict:
+    """{run, split, epochs, of, accuracy (%, the last evaluated epoch's; None before any), minutes}."""
+    config = json.loads((run / "config.json").read_text())
+    rows = list(csv.DictReader(open(run / "metrics.csv", newline=""))) if (run / "metrics.csv").is_file() else []
+    evaluated = [row for row in rows if row["test_acc"]]
+    return {"run": run.name, "split": config.get("eval_split", "test"), "epochs": len(rows), "of": config["epochs"],
+            "accuracy": 100 * float(evaluated[-1]["test_acc"]) if evaluated else None,
+            "minutes": sum(float(row["seconds"]) for row in rows) / 60}
+
+
+def table(runs: list[Path]) -> str:
+    lines = ["| run | split | epochs | accuracy | training minutes |", "|---|---|---:|---:|---:|"]
+    summaries = [summary(run) for run in runs if (run / "config.json").is_file()]
+    for s in summaries:
+        accuracy = f"{s['accuracy']:.2f}%" if s["accuracy"] is not None else "-"
+        lines.append(f"| {s['run']} | {s['split']} | {s['epochs']}/{s['of']} | {accuracy} | {s['minutes']:.1f} |")
+    finished = [s["accuracy"] for s in summaries if s["epochs"] == s["of"] and s["accuracy"] is not None]
+    if finished:
+        spread = statistics.stdev(finished) if len(finished) > 1 else 0.0
+        lines.append(f"\nmean of {len(finished)} finished run(s): {statistics.mean(finished):.2f} ± {spread:.2f}%")
+    missing = [str(run) for run in runs if not (run / "config.json").is_file()]
+    if missing:
+        lines.append(f"no run in: {', '.join(missing)}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit("usage: seeds_table.py RUN_DIR [RUN_DIR ...]")
+    print(table([Path(arg) for arg in sys.argv[1:]]))

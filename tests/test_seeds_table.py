@@ -1,0 +1,30 @@
+"""benchmarks/seeds_table.py, which gpu_seeds.sh ends with: a row per run folder and the mean of the
+finished ones, read from real run folders."""
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tiny_run import train_tiny_run
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "seeds_table.py"
+
+
+def test_the_table_has_a_row_per_run_and_averages_only_the_finished_ones(tmp_path):
+    finished = train_tiny_run(tmp_path / "a", epochs=2)
+    rows = list(csv.DictReader(open(finished / "metrics.csv", newline="")))
+    cut_off = shutil.copytree(finished, tmp_path / "cut-off")  # stopped by a timeout after its first epoch
+    with open(cut_off / "metrics.csv", "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerow(rows[0])
+
+    result = subprocess.run([sys.executable, str(SCRIPT), str(finished), str(cut_off), str(tmp_path / "none")],
+                            capture_output=True, text=True, check=True)
+
+    accuracy = 100 * float(rows[-1]["test_acc"])
+    assert f"| run | test | 2/2 | {accuracy:.2f}% |" in result.stdout
+    assert "| cut-off | test | 1/2 |" in result.stdout
+    assert f"mean of 1 finished run(s): {accuracy:.2f} ± 0.00%" in result.stdout
+    assert f"no run in: {tmp_path / 'none'}" in result.stdout
