@@ -10,8 +10,13 @@ dropout); each row of ``TRAINING_METHODS`` takes one out or adds one of those th
 recipe before" is the 5-epoch recipe they replaced. Every run keeps a moving average of its weights
 (``--ema``), which does not change its training, so each run is read five ways: its last weights, their
 average (EMA), each with test-time flips (TTA: the logits of each image and its mirror image averaged),
-and the average with flips and one-pixel shifts. Runs are kept under ``--out``: run again with the same
-``--out`` to add seeds or methods without training again.
+and the average with flips and one-pixel shifts (``--readings`` picks some: each is one or more evaluation
+passes, which on a small training set cost more than the training). A run's cost is given in full-size
+epochs (an epoch at S pixels counts (S/28)^2), which does not drift with the machine's load as its minutes
+do. Runs and readings are kept under ``--out``: run again with the same ``--out`` to add seeds, methods or
+readings without training again.
+
+    .venv/bin/python benchmarks/ablation.py --split val --seeds 3 --train-subset 5000 --readings "last weights,EMA"
 """
 from __future__ import annotations
 
@@ -32,6 +37,9 @@ from nin.checkpoint import load_checkpoint  # noqa: E402
 from nin.config import load_recipe  # noqa: E402
 from nin.hardware import describe_hardware  # noqa: E402
 from nin.inference import evaluate_trained, load_trained  # noqa: E402
+from nin.train import image_size_at  # noqa: E402
+
+FASHION_MNIST_SIZE = 28
 
 TRAINING_METHODS = {
     "recipe": {},  # fashion-mnist as shipped
@@ -66,6 +74,15 @@ def readings(run: Path, split: str, labels: list[str]) -> dict[str, float]:
             kept[label] = 100 * evaluate_trained(trained, split=split, tta=tta)["accuracy"]
         kept_file.write_text(json.dumps(kept, indent=1) + "\n")
     return {label: kept[label] for label in labels}
+
+
+def full_size_epochs(run: Path) -> float:
+    """The run's compute in epochs at full size: an epoch at S pixels costs (S / full)^2 of one. Unlike its
+    minutes, this does not change with what else the machine runs."""
+    config = json.loads((run / "config.json").read_text())
+    full = FASHION_MNIST_SIZE
+    return sum((image_size_at(epoch, config["epochs"], config["progressive_resize"], full) / full) ** 2
+               for epoch in range(config["epochs"]))
 
 
 def training_minutes(run: Path) -> float:
@@ -111,7 +128,7 @@ def main() -> None:
         for seed in range(args.seeds):
             out = Path(args.out) / method.replace(" ", "-").replace(",", "") / f"seed{seed}"
             train_once(method, {**recipe, **common}, recipe["model"], seed, args.split, out, **change)
-            runs.append((readings(out, args.split, args.readings), training_minutes(out)))
+            runs.append((readings(out, args.split, args.readings), training_minutes(out), full_size_epochs(out)))
         table.append((method, change, runs))
         _print_table(table, args)
 
@@ -121,16 +138,18 @@ def _print_table(table: list, args) -> None:
     training = args.train_subset or (50_000 if args.split == "val" else 60_000)
     print(f"\n### Methods on the fashion-mnist recipe: {length}, {training} training images, "
           f"{args.seeds} seed(s), {args.split} split, EMA decay {args.ema}\n")
-    print("| method | " + " | ".join(args.readings) + " | training minutes | flags |")
-    print("|---|" + "---:|" * (len(args.readings) + 1) + "---|")
+    print("| method | " + " | ".join(args.readings) + " | full-size epochs | training minutes | flags |")
+    print("|---|" + "---:|" * (len(args.readings) + 2) + "---|")
     for method, change, runs in table:
         cells = []
         for label in args.readings:
-            values = [reading[label] for reading, _ in runs]
+            values = [reading[label] for reading, _, _ in runs]
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.mean(values):.2f} ± {spread:.2f}%")
-        minutes = statistics.mean(m for _, m in runs)
-        print(f"| {method} | " + " | ".join(cells) + f" | {minutes:.1f} | `{_flags(change) or '(the recipe)'}` |")
+        minutes = statistics.mean(m for _, m, _ in runs)
+        cost = statistics.mean(c for _, _, c in runs)
+        print(f"| {method} | " + " | ".join(cells) + f" | {cost:.1f} | {minutes:.1f} | "
+              f"`{_flags(change) or '(the recipe)'}` |")
     print(f"\ncommand: .venv/bin/python benchmarks/ablation.py {' '.join(sys.argv[1:])}")
     print(f"hardware: {describe_hardware('cpu')}", flush=True)
 
