@@ -81,7 +81,7 @@ def full_size_epochs(run: Path) -> float:
     minutes, this does not change with what else the machine runs."""
     config = json.loads((run / "config.json").read_text())
     full = FASHION_MNIST_SIZE
-    return sum((image_size_at(epoch, config["epochs"], config["progressive_resize"], full) / full) ** 2
+    return sum((image_size_at(epoch, config["epochs"], config.get("progressive_resize", 0), full) / full) ** 2
                for epoch in range(config["epochs"]))
 
 
