@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 11's best recipe on a GPU: its seeds trained side by side, one process each, on the one card (a
 # NIN for 28-pixel images leaves most of a large GPU idle, so three runs should take little longer than
-# one: not yet measured), in one device call. Each run keeps its checkpoint (the weights to ship) and metrics.csv under $OUT; the
-# last lines are a table of the seeds and their mean.
+# one: not yet measured), in one device call. Each run keeps its checkpoint (the weights to ship) and
+# metrics.csv under $OUT; the last lines are a table of the seeds and their mean.
 # Prepare here:  mkdir -p data && cp /usr/share/datasets/fashion-mnist/*.gz data/
 # Device call:   run(command="bash benchmarks/gpu_seeds.sh 2>&1 | tee $OUT/gpu_seeds.log", carry=["data"], timeout_s=560)
 # Choose first:  SPLIT=val FLAGS="--erase 0.5" bash benchmarks/gpu_seeds.sh   (the validation split; the test
