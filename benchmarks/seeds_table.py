@@ -8,21 +8,27 @@ mean and standard deviation are over the runs that finished every epoch.
 """
 from __future__ import annotations
 
-import csv
+import argparse
 import json
+import math
 import statistics
-import sys
 from pathlib import Path
+
+from nin.errors import NinError
+from nin.rundir import read_metrics
 
 
 def summary(run: Path) -> dict:
     """{run, split, epochs, of, accuracy (%, the last evaluated epoch's; None before any), minutes}."""
     config = json.loads((run / "config.json").read_text())
-    rows = list(csv.DictReader(open(run / "metrics.csv", newline=""))) if (run / "metrics.csv").is_file() else []
-    evaluated = [row for row in rows if row["test_acc"]]
+    try:
+        rows = read_metrics(run)[1]
+    except NinError:  # cut off before its first epoch ended
+        rows = []
+    evaluated = [row["test_acc"] for row in rows if not math.isnan(row["test_acc"])]
     return {"run": run.name, "split": config.get("eval_split", "test"), "epochs": len(rows), "of": config["epochs"],
-            "accuracy": 100 * float(evaluated[-1]["test_acc"]) if evaluated else None,
-            "minutes": sum(float(row["seconds"]) for row in rows) / 60}
+            "accuracy": 100 * evaluated[-1] if evaluated else None,
+            "minutes": sum(row["seconds"] for row in rows) / 60}
 
 
 def table(runs: list[Path]) -> str:
@@ -42,6 +48,6 @@ def table(runs: list[Path]) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        sys.exit("usage: seeds_table.py RUN_DIR [RUN_DIR ...]")
-    print(table([Path(arg) for arg in sys.argv[1:]]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    print(table(parser.parse_args().runs))

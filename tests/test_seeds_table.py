@@ -28,3 +28,9 @@ def test_the_table_has_a_row_per_run_and_averages_only_the_finished_ones(tmp_pat
     assert "| cut-off | test | 1/2 |" in result.stdout
     assert f"mean of 1 finished run(s): {accuracy:.2f} ± 0.00%" in result.stdout
     assert f"no run in: {tmp_path / 'none'}" in result.stdout
+
+
+def test_without_a_run_folder_it_says_so_in_one_line_and_exits_2():
+    result = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "error: the following arguments are required: RUN_DIR" in result.stderr.splitlines()[-1]
