@@ -21,7 +21,6 @@ readings without training again.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import statistics
@@ -37,6 +36,7 @@ from nin.checkpoint import load_checkpoint  # noqa: E402
 from nin.config import load_recipe  # noqa: E402
 from nin.hardware import describe_hardware  # noqa: E402
 from nin.inference import evaluate_trained, load_trained  # noqa: E402
+from nin.rundir import read_metrics  # noqa: E402
 from nin.train import image_size_at  # noqa: E402
 
 FASHION_MNIST_SIZE = 28
@@ -86,8 +86,7 @@ def full_size_epochs(run: Path) -> float:
 
 
 def training_minutes(run: Path) -> float:
-    rows = list(csv.DictReader(open(run / "metrics.csv", newline="")))
-    return sum(float(row["seconds"]) for row in rows) / 60
+    return sum(row["seconds"] for row in read_metrics(run)[1]) / 60
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import csv
 import json
 import math
 import statistics
@@ -30,6 +29,7 @@ from zoo import ZOO, parse_changes, settings  # noqa: E402
 
 from nin.config import from_dict  # noqa: E402
 from nin.hardware import describe_hardware  # noqa: E402
+from nin.rundir import read_metrics  # noqa: E402
 from nin.train import fit, resume_config  # noqa: E402
 
 MODELS = ("nin_mnist_bn", "nin_mnist")  # the default model and the paper's network (MNIST widths, no BN)
@@ -51,9 +51,9 @@ def train_once(name: str, spec: dict, model: str, seed: int, split: str, out: Pa
         config = from_dict({**spec, "model": model, "seed": seed, "eval_split": split, "progress": False,
                             "tensorboard": False, "out": str(out), "eval_every": ONLY_AFTER_THE_LAST, **changes})
         result = fit(config, log=lambda line: print(prefix, line, flush=True))
-    rows = list(csv.DictReader(open(out / "metrics.csv", newline="")))
+    rows = read_metrics(out)[1]
     chance_loss = math.log(len(result["per_class"]))
-    summary = {"accuracy": 100 * result["accuracy"], "at_chance": float(rows[-1]["train_loss"]) > 0.9 * chance_loss,
+    summary = {"accuracy": 100 * result["accuracy"], "at_chance": rows[-1]["train_loss"] > 0.9 * chance_loss,
                "epochs": int(rows[-1]["epoch"]), "hardware": describe_hardware()}
     done.write_text(json.dumps(summary) + "\n")
     return {**summary, "seconds": training_seconds(out, summary["epochs"])}
@@ -63,8 +63,8 @@ def training_seconds(out: Path, epochs: int) -> float:
     """The training time of all the run's epochs, from its metrics.csv (the wall time of train_once misses
     what came before a resume). Before rundir kept them, a resume dropped the rows of epochs that were not
     evaluated: such a run's time is its kept rows' mean per epoch times its epochs."""
-    rows = list(csv.DictReader(open(out / "metrics.csv", newline="")))
-    return sum(float(row["seconds"]) for row in rows) * epochs / len(rows)
+    rows = read_metrics(out)[1]
+    return sum(row["seconds"] for row in rows) * epochs / len(rows)
 
 
 def mean_accuracy(runs: list) -> float:
