@@ -10,7 +10,7 @@ from nin.checkpoint import load_checkpoint
 from nin.config import TrainConfig
 from nin.errors import NinError
 from nin.hardware import cpu_has_native_bf16, use_bf16
-from nin.train import ema_decay_at, fit, image_size_at, lr_at, resume_config
+from nin.train import ema_decay_at, fit, image_size_at, lr_at, resume_config, time_left
 
 
 def small_config(out, **changes) -> TrainConfig:
@@ -217,6 +217,14 @@ def test_progressive_resizing_grows_the_images_to_full_size_for_the_last_quarter
     assert [image_size_at(epoch, 5, 0, 28) for epoch in range(5)] == [28] * 5  # off
 
 
+def test_the_time_left_scales_the_last_epoch_by_the_cost_of_each_epoch_to_come():
+    resized = TrainConfig(epochs=4, progressive_resize=14)  # sides 14, 19, 23, 28: costs 1/4, 0.46, 0.67, 1
+    assert time_left(1, 10.0, resized, 28) == "  about 85s left"  # 10 s / (1/4) x (0.46 + 0.67 + 1)
+    assert time_left(3, 100.0, resized, 28) == "  about 2 min left"  # 100 s / 0.67 x 1 = 148 s
+    assert time_left(4, 100.0, resized, 28) == ""  # the run's end
+    assert time_left(1, 60.0, TrainConfig(epochs=11), 28) == "  about 10 min left"  # full size throughout
+
+
 def test_a_progressively_resized_run_trains_and_tests_small_then_at_full_size(tmp_path, fashion_mnist_root,
                                                                            monkeypatch):
     import nin.train
@@ -232,8 +240,8 @@ def test_a_progressively_resized_run_trains_and_tests_small_then_at_full_size(tm
     result = fit(small_config(tmp_path, epochs=3, train_subset=512, progressive_resize=14, eval_every=1),
                  log=lines.append)
     epochs = [line for line in lines if line.startswith("epoch ")]
-    assert [line.rsplit("  ", 1)[-1] for line in epochs[:2]] == ["at 14px", "at 21px"]
-    assert "px" not in epochs[2]  # the last epoch at the stored 28 pixels
+    assert ["  at 14px  about" in epochs[0], "  at 21px  about" in epochs[1]] == [True, True]
+    assert "px" not in epochs[2] and "left" not in epochs[2]  # the last epoch at the stored 28 pixels
     assert result["n"] == 1000 and result["accuracy"] > 0.3
     # each epoch is tested at its training size, the last (the run's result) at full size
     assert evaluated_sizes == [14, 21, 28]

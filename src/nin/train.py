@@ -131,6 +131,18 @@ def image_size_at(epoch: int, epochs: int, start: int, full: int) -> int:
     return round(start + (full - start) * epoch / full_from)
 
 
+def time_left(epochs_done: int, last_epoch_seconds: float, config: TrainConfig, full: int) -> str:
+    """"  about N min left" after an epoch, from the last one's time (training and evaluation) scaled by each
+    remaining epoch's cost, (image side / ``full``)^2 under progressive resizing; "" after the last."""
+    if epochs_done >= config.epochs:
+        return ""
+
+    def cost(epoch: int) -> float:
+        return (image_size_at(epoch, config.epochs, config.progressive_resize, full) / full) ** 2
+    seconds = last_epoch_seconds / cost(epochs_done - 1) * sum(map(cost, range(epochs_done, config.epochs)))
+    return f"  about {seconds / 60:.0f} min left" if seconds >= 90 else f"  about {seconds:.0f}s left"
+
+
 def init_batch(loader: DeviceLoader, seed: int, count: int = 256) -> torch.Tensor:
     """A fixed draw of training images (spread over the set, which may be sorted by class), preprocessed
     as training batches are, for the data-dependent initialisation."""
@@ -442,6 +454,7 @@ class Run:
         state, config = self.state, self.config
         epoch = state.epoch + 1
         metrics = None
+        eval_started = time.perf_counter()
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             # an epoch trained on scaled-down images (progressive resizing) is tested at its own size: at full
             # size its numbers would say little about the run (BatchNorm's statistics are those of small images)
@@ -450,6 +463,7 @@ class Run:
             self.data.test.set_epoch(0)
             if not math.isfinite(metrics["loss"]):  # finite weights can still overflow on the test images
                 raise NonFiniteLoss(f"the test loss became non-finite by step {state.step} (epoch {epoch})")
+        epoch_seconds = state.seconds + time.perf_counter() - eval_started
         totals = all_reduce_sum(torch.tensor([state.loss_sum, state.correct, state.seen], dtype=torch.float64,
                                              device=self.device)).tolist()
         train_loss, train_acc = totals[0] / totals[2], totals[1] / totals[2]
@@ -465,8 +479,9 @@ class Run:
         tested = f"  test {100 * metrics['accuracy']:.2f}%" if metrics else ""
         resized = self.data.train.image_size
         at_size = f"  at {resized}px" if resized and resized != self.data.size else ""
+        left = time_left(epoch, epoch_seconds, config, self.data.size)
         self.log(f"epoch {epoch}/{config.epochs}  loss {train_loss:.4f}  train {100 * train_acc:.2f}%{tested}  "
-                 f"lr {row['lr']:.4g}  {row['seconds']:.1f}s{at_size}")
+                 f"lr {row['lr']:.4g}  {row['seconds']:.1f}s{at_size}{left}")
         if state.step >= warmup_steps(self.total_steps, config):  # a slow start at the warm-up's low lr is expected
             _warn_if_stuck(train_loss, len(self.data.classes), epoch, config, self.log)
         return metrics
