@@ -37,7 +37,7 @@ from nin.config import load_recipe  # noqa: E402
 from nin.hardware import describe_hardware  # noqa: E402
 from nin.inference import evaluate_trained, load_trained  # noqa: E402
 from nin.rundir import read_metrics  # noqa: E402
-from nin.train import image_size_at  # noqa: E402
+from nin.train import epoch_cost  # noqa: E402
 
 FASHION_MNIST_SIZE = 28
 
@@ -80,8 +80,7 @@ def full_size_epochs(run: Path) -> float:
     """The run's compute in epochs at full size: an epoch at S pixels costs (S / full)^2 of one. Unlike its
     minutes, this does not change with what else the machine runs."""
     config = json.loads((run / "config.json").read_text())
-    full = FASHION_MNIST_SIZE
-    return sum((image_size_at(epoch, config["epochs"], config.get("progressive_resize", 0), full) / full) ** 2
+    return sum(epoch_cost(epoch, config["epochs"], config.get("progressive_resize", 0), FASHION_MNIST_SIZE)
                for epoch in range(config["epochs"]))
 
 

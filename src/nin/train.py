@@ -131,15 +131,19 @@ def image_size_at(epoch: int, epochs: int, start: int, full: int) -> int:
     return round(start + (full - start) * epoch / full_from)
 
 
+def epoch_cost(epoch: int, epochs: int, start: int, full: int) -> float:
+    """``epoch``'s compute as a share of an epoch at full size: (its image side / ``full``)^2 under
+    progressive resizing from ``start`` pixels, 1 without."""
+    return (image_size_at(epoch, epochs, start, full) / full) ** 2
+
+
 def time_left(epochs_done: int, last_epoch_seconds: float, config: TrainConfig, full: int) -> str:
     """"  about N min left" after an epoch, from the last one's time (training and evaluation) scaled by each
-    remaining epoch's cost, (image side / ``full``)^2 under progressive resizing; "" after the last."""
+    remaining epoch's cost (epoch_cost); "" after the last."""
     if epochs_done >= config.epochs:
         return ""
-
-    def cost(epoch: int) -> float:
-        return (image_size_at(epoch, config.epochs, config.progressive_resize, full) / full) ** 2
-    seconds = last_epoch_seconds / cost(epochs_done - 1) * sum(map(cost, range(epochs_done, config.epochs)))
+    costs = [epoch_cost(epoch, config.epochs, config.progressive_resize, full) for epoch in range(config.epochs)]
+    seconds = last_epoch_seconds / costs[epochs_done - 1] * sum(costs[epochs_done:])
     return f"  about {seconds / 60:.0f} min left" if seconds >= 90 else f"  about {seconds:.0f}s left"
 
 
