@@ -118,7 +118,8 @@ def main() -> None:
                      f"{'; '.join(label for label, _, _ in READINGS)}")
 
     recipe = {k: v for k, v in dataclasses.asdict(load_recipe("fashion-mnist")).items() if k != "recipe"}
-    common = {"train_subset": args.train_subset, "ema": args.ema, "root": args.root, "recipe": "fashion-mnist"}
+    common = {"train_subset": args.train_subset, "ema": args.ema, "root": args.root, "recipe": "fashion-mnist",
+              "tta": ""}  # test-time views are readings of every row (READINGS), not a method of one
     table = []
     for method in methods:
         change = {**TRAINING_METHODS[method], **({"epochs": args.epochs} if args.epochs else {})}

@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/seeds_table.py runs/a runs/b runs/c
 
 Each run folder's metrics.csv gives its last evaluated accuracy (test, or validation for a run with
-``--eval-split val``), the epochs it finished against those configured, and its training minutes; the
-mean and standard deviation are over the runs that finished every epoch.
+``--eval-split val``), the epochs it finished against those configured, and its training minutes; a
+finished run's final.json gives its result instead (the last evaluation with ``--tta``'s test-time views,
+named in the TTA column). The mean and standard deviation are over the runs that finished every epoch.
 """
 from __future__ import annotations
 
@@ -26,17 +27,19 @@ def summary(run: Path) -> dict:
     except NinError:  # cut off before its first epoch ended
         rows = []
     evaluated = [row["test_acc"] for row in rows if not math.isnan(row["test_acc"])]
+    final = json.loads((run / "final.json").read_text()) if (run / "final.json").is_file() else {}
+    accuracy = final.get("accuracy", evaluated[-1] if evaluated else None)
     return {"run": run.name, "split": config.get("eval_split", "test"), "epochs": len(rows), "of": config["epochs"],
-            "accuracy": 100 * evaluated[-1] if evaluated else None,
+            "accuracy": None if accuracy is None else 100 * accuracy, "tta": final.get("tta", "-"),
             "minutes": sum(row["seconds"] for row in rows) / 60}
 
 
 def table(runs: list[Path]) -> str:
-    lines = ["| run | split | epochs | accuracy | training minutes |", "|---|---|---:|---:|---:|"]
+    lines = ["| run | split | epochs | accuracy | TTA | training minutes |", "|---|---|---:|---:|---|---:|"]
     summaries = [summary(run) for run in runs if (run / "config.json").is_file()]
     for s in summaries:
         accuracy = f"{s['accuracy']:.2f}%" if s["accuracy"] is not None else "-"
-        lines.append(f"| {s['run']} | {s['split']} | {s['epochs']}/{s['of']} | {accuracy} | {s['minutes']:.1f} |")
+        lines.append(f"| {s['run']} | {s['split']} | {s['epochs']}/{s['of']} | {accuracy} | {s['tta']} | {s['minutes']:.1f} |")
     finished = [s["accuracy"] for s in summaries if s["epochs"] == s["of"] and s["accuracy"] is not None]
     if finished:
         spread = statistics.stdev(finished) if len(finished) > 1 else 0.0

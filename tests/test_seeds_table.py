@@ -1,6 +1,7 @@
 """benchmarks/seeds_table.py, which gpu_seeds.sh ends with: a row per run folder and the mean of the
 finished ones, read from real run folders."""
 import csv
+import json
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,15 @@ def test_the_table_has_a_row_per_run_and_averages_only_the_finished_ones(tmp_pat
     assert "| cut-off | test | 1/2 |" in result.stdout
     assert f"mean of 1 finished run(s): {accuracy:.2f} ± 0.00%" in result.stdout
     assert f"no run in: {tmp_path / 'none'}" in result.stdout
+
+
+def test_a_run_with_test_time_views_counts_its_final_result_and_names_them(tmp_path):
+    run = train_tiny_run(tmp_path, tta="flip")
+    final = json.loads((run / "final.json").read_text())
+
+    result = subprocess.run([sys.executable, str(SCRIPT), str(run)], capture_output=True, text=True, check=True)
+
+    assert f"| run | test | 1/1 | {100 * final['accuracy']:.2f}% | flip |" in result.stdout
 
 
 def test_without_a_run_folder_it_says_so_in_one_line_and_exits_2():

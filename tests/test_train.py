@@ -37,6 +37,8 @@ def test_a_short_run_learns_far_above_chance_and_leaves_a_run_folder(tmp_path, f
     assert set(rows[0]) == {"epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"}
     assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train_subset"] == 2048
+    final = json.loads((tmp_path / "run" / "final.json").read_text())  # the result, kept beside the metrics
+    assert final["split"] == "test" and final["accuracy"] == result["accuracy"] and "tta" not in final
 
 
 def test_checkpoint_holds_everything_evaluation_needs(tmp_path, fashion_mnist_root):
@@ -68,6 +70,35 @@ def test_a_moving_average_of_the_weights_is_what_the_run_evaluates_and_exports(t
     assert not torch.equal(state["ema_model"][weight], state["model"][weight])
     assert torch.equal(evaluated[-1], state["ema_model"][weight])  # the run's test accuracy is the average's
     assert torch.equal(load_trained(tmp_path).model.state_dict()[weight], state["ema_model"][weight])  # eval, export
+
+
+def test_tta_gives_the_result_with_test_time_views_and_leaves_the_epochs_plain(tmp_path, fashion_mnist_root,
+                                                                              monkeypatch):
+    import nin.train
+
+    readings = []  # (tta mode, accuracy) of each evaluation, in order
+    real_evaluate = nin.train.evaluate
+
+    def recorded(model, loader, classes, **options):
+        metrics = real_evaluate(model, loader, classes, **options)
+        readings.append((options.get("tta", ""), metrics["accuracy"]))
+        return metrics
+
+    monkeypatch.setattr(nin.train, "evaluate", recorded)
+    result = fit(small_config(tmp_path, train_subset=512, test_subset=256, tta="flip"), log=lambda *_: None)
+
+    assert [mode for mode, _ in readings] == ["", "", "flip"]  # each epoch plain, then the last one's flips
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert float(rows[-1]["test_acc"]) == pytest.approx(readings[1][1], abs=1e-6)  # metrics.csv stays plain
+    final = json.loads((tmp_path / "final.json").read_text())
+    assert result["tta"] == final["tta"] == "flip" and result["accuracy"] == final["accuracy"] == readings[2][1]
+
+
+def test_a_result_that_cannot_be_written_is_one_error_and_the_checkpoint_stays(tmp_path, fashion_mnist_root):
+    (tmp_path / "final.json").mkdir()  # stands in for a full disk: the result's file cannot be replaced
+    with pytest.raises(NinError, match="could not write .*final.json.*the trained checkpoint is intact"):
+        fit(small_config(tmp_path, epochs=1, train_subset=256, test_subset=256), log=lambda *_: None)
+    assert load_checkpoint(tmp_path)["epoch"] == 1 and not (tmp_path / "final.json.tmp").exists()
 
 
 def test_frozen_batchnorm_scales_stay_at_one_and_the_biases_take_their_own_learning_rate(tmp_path,

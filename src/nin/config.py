@@ -71,6 +71,7 @@ class TrainConfig:
     amp: str = "auto"
     eval_batch_size: int = 1024
     eval_every: int | None = None
+    tta: str = ""
     out: str = ""
     progress: bool = True
     tensorboard: bool = True
@@ -135,6 +136,8 @@ HELP: dict[str, str] = {
     "eval_batch_size": "images per evaluation batch",
     "eval_every": "evaluate every N epochs and after the last (default: every epoch, or every few when the "
                   "test images outnumber the training images, so that evaluating stays a small part of the run)",
+    "tta": "the final evaluation averages test-time views, as nin eval --tta: flip | shift | flip-shift (flips "
+           "only for runs trained on flipped images); the other epochs' evaluations and metrics.csv stay plain",
     "out": "the run folder (empty: runs/RECIPE-OR-DATASET-TIME)",
     "progress": "a progress bar per epoch (only when the output is a terminal)",
     "tensorboard": "TensorBoard scalars in RUN_DIR/tensorboard when tensorboard is installed",
@@ -149,7 +152,7 @@ ON_NAN = ("stop", "rollback")
 PREPROCESS_KINDS = ("standardize", "gcn_zca", "lcn")  # nin.data.preprocess builds them (its KINDS)
 EVAL_SPLITS = ("test", "val")
 CHOICES = {"schedule": SCHEDULES, "flip": FLIPS, "amp": AMPS, "on_nan": ON_NAN, "preprocess": PREPROCESS_KINDS,
-           "eval_split": EVAL_SPLITS}
+           "eval_split": EVAL_SPLITS, "tta": ("", *TTA_MODES)}
 METAVARS = {int: "N", float: "X", str: "TEXT"}
 _POSITIVE = ("epochs", "batch_size", "lr", "eval_batch_size", "eval_every", "width", "bn_bias_lr")
 _NON_NEGATIVE = ("momentum", "weight_decay", "label_smoothing", "warmup_epochs", "ema",
@@ -186,7 +189,8 @@ def validate(config: TrainConfig) -> TrainConfig:
             raise NinError(f"{name.replace('_', '-')} must be zero or more, got {value}")
     for name, choices in CHOICES.items():
         if getattr(config, name) not in choices:
-            raise NinError(f"{name} must be one of {', '.join(choices)}, got {getattr(config, name)!r}")
+            named = ", ".join(choice or "'' (none)" for choice in choices)
+            raise NinError(f"{name} must be one of {named}, got {getattr(config, name)!r}")
     for name in ("dropout", "label_smoothing", "ema"):
         if getattr(config, name) is not None and getattr(config, name) >= 1:
             raise NinError(f"{name.replace('_', '-')} must be below 1, got {getattr(config, name)}")
@@ -340,7 +344,7 @@ def add_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None 
             parser.add_argument(flag, dest=name, type=_list_parser(item), default=None, metavar="A,B",
                                 help=f"comma-separated: {help_text}")
         else:
-            metavar = "{" + ",".join(CHOICES[name]) + "}" if name in CHOICES else METAVARS[kind]
+            metavar = "{" + ",".join(filter(None, CHOICES[name])) + "}" if name in CHOICES else METAVARS[kind]
             parser.add_argument(flag, dest=name, type=kind, default=None, metavar=metavar, help=help_text)
 
 

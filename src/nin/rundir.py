@@ -3,6 +3,7 @@
     RUN_DIR/config.json    the resolved config (what was used, defaults included)
     RUN_DIR/metrics.csv    one row per epoch (METRIC_FIELDS)
     RUN_DIR/checkpoint.pt  written atomically by the training loop (checkpoint.py)
+    RUN_DIR/final.json     the finished run's result: the last evaluation (with --tta's views when given)
     RUN_DIR/.lock          held (flock) by the process that trains into the folder; holds its pid
 
 The lock is the kernel's: it goes away with the process that held it, so a folder left by a killed run
@@ -23,6 +24,7 @@ from typing import Callable
 
 from . import checkpoint as ckpt
 from .errors import NinError
+from .evaluate import metrics_json
 
 try:
     import fcntl
@@ -122,6 +124,17 @@ class RunFolder:
         except OSError as error:
             raise NinError(f"could not write {path} ({_reason(error)}); the last checkpoint is intact: "
                            f"free some space, then continue with --resume {self.path}") from None
+
+    def write_final(self, metrics: dict, split: str) -> None:
+        """final.json, in one step (a reader never sees half of it): the split and the final metrics."""
+        path, partial = self.path / "final.json", self.path / "final.json.tmp"
+        try:
+            partial.write_text(metrics_json({"split": split, **metrics}, indent=2) + "\n")
+            os.replace(partial, path)
+        except OSError as error:
+            partial.unlink(missing_ok=True)
+            raise NinError(f"could not write {path} ({_reason(error)}); the trained checkpoint is intact: "
+                           f"nin eval {self.path} gives its accuracy") from None
 
     def _write(self, path: Path, text: str) -> None:
         try:

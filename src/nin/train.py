@@ -68,6 +68,10 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
     if config.progressive_resize and not MIN_PROGRESSIVE_SIZE <= config.progressive_resize < size:
         raise NinError(f"--progressive-resize {config.progressive_resize} is not a smaller size for images of {size} "
                        f"pixels: use {MIN_PROGRESSIVE_SIZE} to {size - 1}, or 0 for none")
+    flip = info.flip if config.flip == "auto" else config.flip in ("yes", "alternate")
+    if "flip" in config.tta and not flip:
+        raise NinError(f"--tta {config.tta} mirrors the test images, but this run trains without flips (--flip "
+                       f"{config.flip} on {info.title}): use --tta shift, or none")
     root = config.root or None
     # eval_split "val": the paper's validation images, held out of the training images, stand in for the test set
     train, test = select_images(config.dataset, root, config.train_split, config.eval_split, image_size=size,
@@ -81,7 +85,6 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
                        "lower --batch-size")
     preprocess = (preprocess_from_state(preprocess_state) if preprocess_state is not None
                   else make_preprocess(config.preprocess, train_images))  # fitted on the training images only
-    flip = info.flip if config.flip == "auto" else config.flip in ("yes", "alternate")
     common = dict(device=device, channels_last=config.channels_last, rank=world.rank, world_size=world.size)
     batch_size = local_batch_size(config.batch_size, world)  # each process takes its share of a global batch
     train_loader = DeviceLoader(train_images, train_labels, preprocess, batch_size=batch_size, train=True,
@@ -281,6 +284,8 @@ def fit(config: TrainConfig, *, resume: str | None = None, log=print) -> dict:
         try:
             with StopSignals() as stop:
                 metrics = run.train(stop)
+            if world.is_main:
+                folder.write_final(metrics, run.config.eval_split)
             if stop.received:  # it came during the last epoch: the run is complete, and a caller running
                 # several (nin reproduce, benchmarks) must stop rather than start the next one
                 raise Interrupted(f"{stop.received} received as the run finished: {run.run_dir} is complete "
@@ -373,7 +378,7 @@ class Run:
                     metrics = self.end_epoch()
             except NonFiniteLoss as error:
                 self.rollback(str(error))
-        return metrics or evaluate(self.evaluator, self.data.test, self.data.classes, amp=self.amp)
+        return metrics or evaluate(self.evaluator, self.data.test, self.data.classes, amp=self.amp, tta=config.tta)
 
     def train_epoch(self, stop: "StopSignals") -> bool:
         """Train from the state's batch to the end of the epoch; False if a stop signal came first."""
@@ -454,16 +459,19 @@ class Run:
 
     def end_epoch(self) -> dict | None:
         """The epoch's row of metrics.csv and its checkpoint; the test metrics when this epoch evaluates
-        (every ``eval_every`` epochs and the last), else None and empty test columns."""
+        (every ``eval_every`` epochs and the last; the last's with ``config.tta``'s test-time views when set),
+        else None and empty test columns."""
         state, config = self.state, self.config
         epoch = state.epoch + 1
-        metrics = None
+        metrics = final = None
         eval_started = time.perf_counter()
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             # an epoch trained on scaled-down images (progressive resizing) is tested at its own size: at full
             # size its numbers would say little about the run (BatchNorm's statistics are those of small images)
             self.data.test.set_epoch(0, image_size=self.data.train.image_size)
             metrics = evaluate(self.evaluator, self.data.test, self.data.classes, amp=self.amp)
+            if epoch == config.epochs and config.tta:  # the run's result; its metrics.csv row stays plain
+                final = evaluate(self.evaluator, self.data.test, self.data.classes, amp=self.amp, tta=config.tta)
             self.data.test.set_epoch(0)
             if not math.isfinite(metrics["loss"]):  # finite weights can still overflow on the test images
                 raise NonFiniteLoss(f"the test loss became non-finite by step {state.step} (epoch {epoch})")
@@ -488,7 +496,7 @@ class Run:
                  f"lr {row['lr']:.4g}  {row['seconds']:.1f}s{at_size}{left}")
         if state.step >= warmup_steps(self.total_steps, config):  # a slow start at the warm-up's low lr is expected
             _warn_if_stuck(train_loss, len(self.data.classes), epoch, config, self.log)
-        return metrics
+        return final or metrics
 
     def rollback(self, problem: str) -> None:
         """After a non-finite loss: stop (the default) or reload the last checkpoint at a tenth of the lr."""
