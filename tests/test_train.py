@@ -250,10 +250,18 @@ def test_progressive_resizing_grows_the_images_to_full_size_for_the_last_quarter
 
 def test_the_time_left_scales_the_last_epoch_by_the_cost_of_each_epoch_to_come():
     resized = TrainConfig(epochs=4, progressive_resize=14)  # sides 14, 19, 23, 28: costs 1/4, 0.46, 0.67, 1
-    assert time_left(1, 10.0, resized, 28) == "  about 85s left"  # 10 s / (1/4) x (0.46 + 0.67 + 1)
-    assert time_left(3, 100.0, resized, 28) == "  about 2 min left"  # 100 s / 0.67 x 1 = 148 s
-    assert time_left(4, 100.0, resized, 28) == ""  # the run's end
-    assert time_left(1, 60.0, TrainConfig(epochs=11), 28) == "  about 10 min left"  # full size throughout
+    assert time_left(1, 10.0, 0.0, resized, 28) == "  about 85s left"  # 10 s / (1/4) x (0.46 + 0.67 + 1)
+    assert time_left(3, 100.0, 0.0, resized, 28) == "  about 2 min left"  # 100 s / 0.67 x 1 = 148 s
+    assert time_left(4, 100.0, 0.0, resized, 28) == ""  # the run's end
+    assert time_left(1, 60.0, 0.0, TrainConfig(epochs=11), 28) == "  about 10 min left"  # full size throughout
+
+
+def test_the_time_left_counts_an_evaluation_only_in_the_epochs_that_evaluate():
+    every_epoch, every_fifth = TrainConfig(epochs=11, eval_every=1), TrainConfig(epochs=11, eval_every=5)
+    assert time_left(1, 50.0, 10.0, every_epoch, 28) == "  about 10 min left"  # 10 x (50 + 10) s
+    assert time_left(1, 50.0, 10.0, every_fifth, 28) == "  about 9 min left"  # 10 x 50 + 3 x 10 (5, 10, 11)
+    resized = TrainConfig(epochs=4, progressive_resize=14, eval_every=1)
+    assert time_left(1, 10.0, 8.0, resized, 28) == "  about 2 min left"  # (40 + 8) s x (0.46 + 0.67 + 1)
 
 
 def test_a_progressively_resized_run_trains_and_tests_small_then_at_full_size(tmp_path, fashion_mnist_root,

@@ -140,13 +140,19 @@ def epoch_cost(epoch: int, epochs: int, start: int, full: int) -> float:
     return (image_size_at(epoch, epochs, start, full) / full) ** 2
 
 
-def time_left(epochs_done: int, last_epoch_seconds: float, config: TrainConfig, full: int) -> str:
-    """"  about N min left" after an epoch, from the last one's time (training and evaluation) scaled by each
-    remaining epoch's cost (epoch_cost); "" after the last."""
+def time_left(epochs_done: int, train_seconds: float, full_eval_seconds: float, config: TrainConfig,
+              full: int) -> str:
+    """"  about N min left" after an epoch: the last epoch's training time and an evaluation's time at full size
+    (``full_eval_seconds``: the last one's, scaled; 0 before the first), scaled by each remaining epoch's cost
+    (epoch_cost), an evaluation counted in the epochs that evaluate (every ``eval_every`` and the last); ""
+    after the last epoch."""
     if epochs_done >= config.epochs:
         return ""
     costs = [epoch_cost(epoch, config.epochs, config.progressive_resize, full) for epoch in range(config.epochs)]
-    seconds = last_epoch_seconds / costs[epochs_done - 1] * sum(costs[epochs_done:])
+    evaluates = [(epoch + 1) % (config.eval_every or 1) == 0 or epoch + 1 == config.epochs
+                 for epoch in range(config.epochs)]
+    seconds = sum(costs[epoch] * (train_seconds / costs[epochs_done - 1] + full_eval_seconds * evaluates[epoch])
+                  for epoch in range(epochs_done, config.epochs))
     return f"  about {seconds / 60:.0f} min left" if seconds >= 90 else f"  about {seconds:.0f}s left"
 
 
@@ -344,6 +350,7 @@ class Run:
             self.forward, self.evaluator = torch.compile(self.forward), torch.compile(self.model)
         self.amp = use_bf16(config.amp, self.device)
         self.total_steps = config.epochs * len(self.data.train)
+        self.full_eval_seconds = 0.0  # the last evaluation's time, scaled to full size (for the time left)
         if world.is_main:
             folder.write_config(config)
         self.tensorboard = TensorBoardLog(folder.path / "tensorboard", enabled=config.tensorboard and world.is_main)
@@ -475,7 +482,8 @@ class Run:
             self.data.test.set_epoch(0)
             if not math.isfinite(metrics["loss"]):  # finite weights can still overflow on the test images
                 raise NonFiniteLoss(f"the test loss became non-finite by step {state.step} (epoch {epoch})")
-        epoch_seconds = state.seconds + time.perf_counter() - eval_started
+            self.full_eval_seconds = (time.perf_counter() - eval_started) / epoch_cost(
+                state.epoch, config.epochs, config.progressive_resize, self.data.size)
         totals = all_reduce_sum(torch.tensor([state.loss_sum, state.correct, state.seen], dtype=torch.float64,
                                              device=self.device)).tolist()
         train_loss, train_acc = totals[0] / totals[2], totals[1] / totals[2]
@@ -491,7 +499,7 @@ class Run:
         tested = f"  test {100 * metrics['accuracy']:.2f}%" if metrics else ""
         resized = self.data.train.image_size
         at_size = f"  at {resized}px" if resized and resized != self.data.size else ""
-        left = time_left(epoch, epoch_seconds, config, self.data.size)
+        left = time_left(epoch, state.seconds, self.full_eval_seconds, config, self.data.size)
         self.log(f"epoch {epoch}/{config.epochs}  loss {train_loss:.4f}  train {100 * train_acc:.2f}%{tested}  "
                  f"lr {row['lr']:.4g}  {row['seconds']:.1f}s{at_size}{left}")
         if state.step >= warmup_steps(self.total_steps, config):  # a slow start at the warm-up's low lr is expected
