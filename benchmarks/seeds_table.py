@@ -39,7 +39,8 @@ def table(runs: list[Path]) -> str:
     summaries = [summary(run) for run in runs if (run / "config.json").is_file()]
     for s in summaries:
         accuracy = f"{s['accuracy']:.2f}%" if s["accuracy"] is not None else "-"
-        lines.append(f"| {s['run']} | {s['split']} | {s['epochs']}/{s['of']} | {accuracy} | {s['tta']} | {s['minutes']:.1f} |")
+        lines.append(f"| {s['run']} | {s['split']} | {s['epochs']}/{s['of']} | {accuracy} | {s['tta']} | "
+                     f"{s['minutes']:.1f} |")
     finished = [s["accuracy"] for s in summaries if s["epochs"] == s["of"] and s["accuracy"] is not None]
     if finished:
         spread = statistics.stdev(finished) if len(finished) > 1 else 0.0
