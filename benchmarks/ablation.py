@@ -52,6 +52,8 @@ TRAINING_METHODS = {
     "batch 256 at lr 0.4": {"batch_size": 256, "lr": 0.4},
     "frozen BN scales + BN biases at 4x lr": {"freeze_bn_scales": True, "bn_bias_lr": 4.0},
     "random erasing 0.5": {"erase": 0.5},
+    "identity init": {"identity_init": True},
+    "Lookahead every 5 steps": {"lookahead": 5},
     "the recipe before": {"epochs": 5, "lr": 0.1, "dropout": 0.3, "whiten": False, "progressive_resize": 0},
 }
 READINGS = (("last weights", False, ""), ("+ flip TTA", False, "flip"), ("EMA", True, ""),

@@ -64,7 +64,7 @@ def assert_same_run(straight: Path, resumed: Path) -> None:
     """Same weights, optimizer state, step, RNG state and metrics rows (all but the wall time)."""
     a, b = load_checkpoint(straight), load_checkpoint(resumed)
     assert (b["epoch"], b["step"]) == (a["epoch"], a["step"]) == (EPOCHS, EPOCHS * STEPS_PER_EPOCH)
-    for key in ("model", "ema_model") if "ema_model" in a else ("model",):  # a run with --ema: its average too
+    for key in [key for key in ("model", "ema_model", "lookahead_slow") if key in a]:  # --ema's, --lookahead's too
         assert list(a[key]) == list(b[key])
         for name, tensor in a[key].items():
             assert torch.equal(tensor, b[key][name]), f"{key}: {name}"

@@ -82,6 +82,7 @@ def test_predict_works_through_many_files_a_batch_at_a_time_in_order(trained_run
     (["train", "--epochs", "0"], "epochs must be positive"),
     (["train", "--batch-size", "-3"], "batch-size must be positive"),
     (["train", "--lr", "-0.1"], "lr must be positive"),
+    (["train", "--lookahead", "-2"], "lookahead must be zero or more"),
     (["train", "--tta", "mirror"], "tta must be one of '' (none), flip, shift, flip-shift, got 'mirror'"),
     (["train", "--dataset", "mnist", "--tta", "flip-shift", *TINY_TRAIN], "this run trains without flips"),
     (["train", "--flip", "no", "--tta", "flip", *TINY_TRAIN], "--tta flip mirrors the test images"),

@@ -208,3 +208,21 @@ def test_whitening_decorrelates_the_first_layers_outputs_on_real_images(fashion_
     assert off_diagonal.abs().max().item() < 0.01  # uncorrelated
     assert torch.equal(conv.weight[pairs:2 * pairs], -conv.weight[:pairs])  # each filter with its negation
     assert torch.equal(conv.weight[2 * pairs:], before[2 * pairs:])  # the others keep their random start
+
+
+def test_identity_init_passes_each_inner_layers_first_channels_through():
+    """nin_mnist_bn's convolutions: 1->96 (5x5), 96->64, 64->48, 48->128 (5x5), 128->96, 96->48, 48->128 (5x5),
+    128->96, 96->10: all but the first and the class maps start as identities on their first channels."""
+    from nin.models import identity_init
+
+    model = create_model("nin_mnist_bn")
+    convs = [layer for layer in model.modules() if isinstance(layer, nn.Conv2d)]
+    before = [conv.weight.detach().clone() for conv in convs]
+    assert identity_init(model) == 7
+    inner = convs[2]  # 64 -> 48, 1x1: its 48 filters each take one input channel
+    assert torch.equal(inner.weight[:, :, 0, 0], torch.eye(48, 64))
+    spatial = convs[3]  # 48 -> 128, 5x5: the first 48 filters copy their channel's centre pixel, the rest random
+    x = torch.randn(1, 48, 9, 9)
+    assert torch.allclose(nn.functional.conv2d(x, spatial.weight[:48], padding=2), x, atol=1e-6)
+    assert torch.equal(spatial.weight[48:], before[3][48:])
+    assert torch.equal(convs[0].weight, before[0]) and torch.equal(convs[-1].weight, before[-1])

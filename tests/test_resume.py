@@ -84,9 +84,12 @@ def test_a_run_with_a_moving_average_of_its_weights_resumes_bit_identical(tmp_pa
 
 
 def test_a_run_with_the_fast_training_methods_resumes_bit_identical(tmp_path, monkeypatch, fashion_mnist_root):
-    """A whitened first layer (set once, at the start), frozen BatchNorm scales, faster BatchNorm biases,
-    progressive resizing (the stop falls in epoch 2, at 21 pixels), random erasing."""
-    options = dict(whiten=True, freeze_bn_scales=True, bn_bias_lr=8.0, progressive_resize=14, erase=0.5)
+    """A whitened first layer and identity starts (set once, at the start), frozen BatchNorm scales, faster
+    BatchNorm biases, progressive resizing (the stop falls in epoch 2, at 21 pixels), random erasing, and
+    Lookahead every 3 steps (the stop, after step 11, falls between two syncs: the slow weights differ from
+    the model's and must come back from the checkpoint)."""
+    options = dict(whiten=True, identity_init=True, freeze_bn_scales=True, bn_bias_lr=8.0, progressive_resize=14,
+                   erase=0.5, lookahead=3)
     fit(small_config(tmp_path / "straight", **options), log=quiet)
     run = tmp_path / "run"
     with monkeypatch.context() as patch:

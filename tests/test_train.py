@@ -101,6 +101,41 @@ def test_a_result_that_cannot_be_written_is_one_error_and_the_checkpoint_stays(t
     assert load_checkpoint(tmp_path)["epoch"] == 1 and not (tmp_path / "final.json.tmp").exists()
 
 
+def test_lookahead_moves_slow_weights_halfway_every_k_steps_and_restarts_the_model_from_them():
+    from nin.train import Lookahead
+
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    lookahead = Lookahead(model, steps=2)
+    with torch.no_grad():
+        model.weight.fill_(3.0)  # a training step
+    lookahead.after_step(1, total_steps=5)
+    assert model.weight.eq(3.0).all() and lookahead.slow["weight"].eq(1.0).all()  # between syncs: untouched
+    lookahead.after_step(2, total_steps=5)
+    assert model.weight.eq(2.0).all() and lookahead.slow["weight"].eq(2.0).all()  # halfway, and back to slow
+    with torch.no_grad():
+        model.weight.fill_(4.0)
+    lookahead.after_step(5, total_steps=5)  # the run's last step syncs too
+    assert model.weight.eq(3.0).all()
+
+
+def test_identity_init_and_lookahead_reach_the_run(tmp_path, fashion_mnist_root, monkeypatch):
+    import nin.train
+
+    started, synced = [], []
+    real_init, real_after_step = nin.train.identity_init, nin.train.Lookahead.after_step
+    monkeypatch.setattr(nin.train, "identity_init", lambda model: started.append(model) or real_init(model))
+    monkeypatch.setattr(nin.train.Lookahead, "after_step",
+                        lambda self, step, total: synced.append(step) or real_after_step(self, step, total))
+    result = fit(small_config(tmp_path, epochs=1, train_subset=256, test_subset=256, identity_init=True,
+                              lookahead=5), log=lambda *_: None)
+
+    assert len(started) == 1 and synced == [1, 2, 3, 4]  # 256 images / 64: the last step (4) syncs
+    assert load_checkpoint(tmp_path)["lookahead_slow"].keys() <= load_checkpoint(tmp_path)["model"].keys()
+    assert 0.0 <= result["accuracy"] <= 1.0
+
+
 def test_frozen_batchnorm_scales_stay_at_one_and_the_biases_take_their_own_learning_rate(tmp_path,
                                                                                         fashion_mnist_root):
     fit(small_config(tmp_path, epochs=1, train_subset=256, freeze_bn_scales=True, bn_bias_lr=4.0),

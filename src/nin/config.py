@@ -29,6 +29,7 @@ class TrainConfig:
     init: str = "kaiming"
     data_init: bool = True
     whiten: bool = False
+    identity_init: bool = False
     head: str = "gap"
     relu_before_gap: bool = True
     pools: list[str] = field(default_factory=list)
@@ -62,6 +63,7 @@ class TrainConfig:
     freeze_bn_scales: bool = False
     bn_bias_lr: float = 1.0
     ema: float = 0.0
+    lookahead: int = 0
     on_nan: str = "stop"
     # running
     seed: int = 0
@@ -87,6 +89,8 @@ HELP: dict[str, str] = {
     "data_init": "without BatchNorm: fit each layer's scale to a batch of training images (LSUV)",
     "whiten": "start the first convolution as a patch-whitening layer (airbench): its filters the +/- "
               "eigenvectors of the training patches' covariance, scaled to unit variance (still trained)",
+    "identity_init": "every convolution but the first and the class maps starts as the identity on its first "
+                     "min(in, out) channels, the rest of its filters random (airbench's dirac start)",
     "head": "gap (global average pooling, the paper) | fc | fc_dropout (Table 5's alternatives)",
     "relu_before_gap": "a ReLU on the category maps before global average pooling (the paper's network)",
     "pools": "pooling per stage but the last: max | avg | none (empty: the variant's)",
@@ -127,6 +131,8 @@ HELP: dict[str, str] = {
                   "BatchNorm variants only",
     "ema": "evaluate and export an exponential moving average of the weights with this decay (e.g. 0.999; "
            "shorter at the start of a run); 0: off",
+    "lookahead": "Lookahead (Zhang et al., 2019): every N steps slow weights move halfway to the trained ones, "
+                 "which restart from them; the run ends on the slow weights (0: off)",
     "on_nan": "stop | rollback (reload the last checkpoint, continue at a tenth of the lr)",
     "seed": "the seed of the initialisation, the data order and the augmentation",
     "device": "auto | cpu | cuda | cuda:N",
@@ -157,7 +163,7 @@ METAVARS = {int: "N", float: "X", str: "TEXT"}
 _POSITIVE = ("epochs", "batch_size", "lr", "eval_batch_size", "eval_every", "width", "bn_bias_lr")
 _NON_NEGATIVE = ("momentum", "weight_decay", "label_smoothing", "warmup_epochs", "ema",
                  "dropout", "grad_clip", "translate", "train_subset", "test_subset", "image_size", "channels", "seed",
-                 "progressive_resize", "erase")
+                 "progressive_resize", "erase", "lookahead")
 
 
 def field_types() -> dict[str, type]:

@@ -514,6 +514,18 @@ def whiten_first_layer(model: nn.Module, images: torch.Tensor, eps: float = 5e-4
     return 2 * count
 
 
+@torch.no_grad()
+def identity_init(model: nn.Module) -> int:
+    """airbench's identity (dirac) start: in every convolution but the first (the image's) and the last (the
+    class maps), the first min(in, out) filters pass their own input channel through (1 at the kernel's
+    centre, 0 elsewhere), so that at the start a deeper layer refines rather than scrambles what it gets;
+    its other filters keep their random start. Returns how many convolutions were set."""
+    convs = [layer for layer in _weight_layers(model) if isinstance(layer, nn.Conv2d)][1:-1]
+    for conv in convs:
+        nn.init.dirac_(conv.weight[:min(conv.in_channels, conv.out_channels)])
+    return len(convs)
+
+
 def _output_positions(conv: nn.Conv2d, size: int) -> int:
     side = (size + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
     return max(1, side) ** 2

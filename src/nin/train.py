@@ -31,8 +31,8 @@ from .evaluate import evaluate, format_report
 from .defaults import MAX_WARMUP_FRACTION, resolve_eval_every, resolve_for_data, resolve_for_model
 from .hardware import (autocast, free_memory, precision_name, readable_bytes, require_memory, resolve_device,
                        use_bf16)
-from .models import (create_model, default_cfg, fit_init_to_data, training_step_bytes, whiten_first_layer,
-                     variant_has_batch_norm)
+from .models import (create_model, default_cfg, fit_init_to_data, identity_init, training_step_bytes,
+                     variant_has_batch_norm, whiten_first_layer)
 from .distributed import (World, all_reduce_sum, any_process, broadcast_from_main, close_world, device_for,
                           init_world, local_batch_size, wrap)
 from .rundir import RunFolder
@@ -193,6 +193,27 @@ def averaged_copy(model: torch.nn.Module, decay_now) -> torch.optim.swa_utils.Av
     return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
+class Lookahead:
+    """Lookahead (Zhang et al., 2019; airbench): slow weights that every ``steps`` steps move ``alpha`` of the way
+    to the trained (fast) weights, which then restart from them; the optimizer's momentum is kept. Every
+    floating tensor of the model's state moves, BatchNorm's statistics too (as airbench)."""
+
+    def __init__(self, model: torch.nn.Module, steps: int, alpha: float = 0.5):
+        self.model, self.steps, self.alpha = model, steps, alpha
+        self.slow = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()
+                     if tensor.is_floating_point()}
+
+    @torch.no_grad()
+    def after_step(self, step: int, total_steps: int) -> None:
+        """``step``: steps taken; the last step of the run syncs too, so the run ends on slow weights."""
+        if step % self.steps and step != total_steps:
+            return
+        current = self.model.state_dict()
+        fast = [current[name] for name in self.slow]
+        torch._foreach_lerp_(list(self.slow.values()), fast, self.alpha)
+        torch._foreach_copy_(fast, list(self.slow.values()))
+
+
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.SGD:
     """SGD with momentum; weight decay on conv/linear weights only (not on biases or BatchNorm). With
     ``bn_bias_lr`` other than 1 the BatchNorm biases get their own group, whose ``lr_scale`` multiplies
@@ -332,6 +353,8 @@ class Run:
                            "layer sized for its images")
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if resumed is None and config.identity_init:
+            identity_init(self.model)
         if resumed is None and (config.whiten or config.data_init and plain):
             batch = init_batch(self.data.train, config.seed)
             if config.whiten:
@@ -346,6 +369,7 @@ class Run:
         self.forward = wrap(self.model, world, self.device)  # for training steps (DDP when several processes)
         self.ema = averaged_copy(self.model, lambda: ema_decay_at(self.state.step, config.ema)) if config.ema else None
         self.evaluator = self.ema.module if self.ema else self.model  # evaluation needs no gradient sync
+        self.lookahead = Lookahead(self.model, config.lookahead) if config.lookahead else None
         if config.compile:
             self.forward, self.evaluator = torch.compile(self.forward), torch.compile(self.model)
         self.amp = use_bf16(config.amp, self.device)
@@ -441,6 +465,8 @@ class Run:
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
+        if self.lookahead is not None:
+            self.lookahead.after_step(self.state.step + 1, self.total_steps)
         if self.ema is not None:
             self.ema.update_parameters(self.model)
         self.state.step += 1
@@ -536,6 +562,7 @@ class Run:
                 "input": {"size": data.size, "channels": data.channels, "dataset": config.dataset},
                 **({"ema_model": self.ema.module.state_dict(), "ema_updates": int(self.ema.n_averaged)}
                    if self.ema else {}),  # eval, export and predict read ema_model in model's place
+                **({"lookahead_slow": self.lookahead.slow} if self.lookahead else {}),
             }, path)
         except OSError as error:
             if not path.exists():
@@ -552,6 +579,9 @@ class Run:
             if self.ema is not None:
                 self.ema.module.load_state_dict(saved["ema_model"])
                 self.ema.n_averaged.fill_(saved["ema_updates"])
+            if self.lookahead is not None:
+                torch._foreach_copy_(list(self.lookahead.slow.values()),
+                                     [saved["lookahead_slow"][name] for name in self.lookahead.slow])
         except (RuntimeError, ValueError, KeyError) as error:
             raise NinError(f"the checkpoint does not fit this run's model or optimizer "
                            f"({str(error).splitlines()[0]})") from None
