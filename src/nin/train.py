@@ -140,6 +140,11 @@ def epoch_cost(epoch: int, epochs: int, start: int, full: int) -> float:
     return (image_size_at(epoch, epochs, start, full) / full) ** 2
 
 
+def evaluates_after(epoch: int, config: TrainConfig) -> bool:
+    """Whether epoch ``epoch`` (from 1) ends with an evaluation: every ``eval_every`` epochs and the last."""
+    return epoch % (config.eval_every or 1) == 0 or epoch == config.epochs
+
+
 def time_left(epochs_done: int, train_seconds: float, full_eval_seconds: float, config: TrainConfig,
               full: int) -> str:
     """"  about N min left" after an epoch: the last epoch's training time and an evaluation's time at full size
@@ -149,9 +154,8 @@ def time_left(epochs_done: int, train_seconds: float, full_eval_seconds: float, 
     if epochs_done >= config.epochs:
         return ""
     costs = [epoch_cost(epoch, config.epochs, config.progressive_resize, full) for epoch in range(config.epochs)]
-    evaluates = [(epoch + 1) % (config.eval_every or 1) == 0 or epoch + 1 == config.epochs
-                 for epoch in range(config.epochs)]
-    seconds = sum(costs[epoch] * (train_seconds / costs[epochs_done - 1] + full_eval_seconds * evaluates[epoch])
+    seconds = sum(costs[epoch] * (train_seconds / costs[epochs_done - 1]
+                                  + full_eval_seconds * evaluates_after(epoch + 1, config))
                   for epoch in range(epochs_done, config.epochs))
     return f"  about {seconds / 60:.0f} min left" if seconds >= 90 else f"  about {seconds:.0f}s left"
 
@@ -498,7 +502,7 @@ class Run:
         epoch = state.epoch + 1
         metrics = final = None
         eval_started = time.perf_counter()
-        if epoch % config.eval_every == 0 or epoch == config.epochs:
+        if evaluates_after(epoch, config):
             # an epoch trained on scaled-down images (progressive resizing) is tested at its own size: at full
             # size its numbers would say little about the run (BatchNorm's statistics are those of small images)
             self.data.test.set_epoch(0, image_size=self.data.train.image_size)
