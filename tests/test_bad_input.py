@@ -103,6 +103,8 @@ def test_a_bad_recipe_file_is_one_line(tmp_path, capsys, folder_data, text, mess
     (["--progressive-resize", "28"], "--progressive-resize 28 is not a smaller size for images of 28 pixels: "
                                      "use 8 to 27, or 0 for none"),
     (["--progressive-resize", "4"], "--progressive-resize 4 is not a smaller size"),
+    (["--image-size", "8", "--progressive-resize", "4"], "images of 8 pixels: it starts at 8 pixels, so the "
+                                                          "images must be larger than that, or 0 for none"),
     (["--head", "fc", "--progressive-resize", "16"], "--progressive-resize needs a network that takes any image size"),
 ])
 def test_a_bad_setting_is_one_line(tmp_path, capsys, folder_data, flags, message):

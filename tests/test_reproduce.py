@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from nin.cli import main
-from nin.reproduce import _command, all_rows as paper_rows_and_best, paper_rows, select_rows
+from nin.reproduce import _command, _verdict, all_rows as paper_rows_and_best, paper_rows, select_rows
 from formats import write_cifar10, write_cifar100, write_mnist, write_svhn
 
 PAPER = {"table1-dropout": 10.41, "table1-dropout-aug": 8.81, "table2": 35.68, "table3": 2.35, "table4": 0.47,
@@ -154,3 +154,26 @@ def test_the_tables_command_line_names_each_changed_setting_as_its_flag():
                                                       "compile": False, "channels_last": True})
     assert command == ("nin reproduce table4 --seeds 2 --out runs/t4 --dataset fashion-mnist --train-subset 500 "
                        "--no-compile --channels-last")
+
+
+def test_reproduce_leaves_a_results_md_it_did_not_write_alone(tmp_path, capsys):
+    for name, target in (("results.md", "table5-gap"), ("paper-claims.md", "claims")):
+        out = tmp_path / name.split(".")[0]
+        out.mkdir()
+        (out / name).write_text("# my own notes\n")
+        assert main(["reproduce", target, "--dataset", "fashion-mnist", "--out", str(out), *TINY]) == 2
+        err = capsys.readouterr().err
+        assert f"{out / name} exists and was not written by nin reproduce" in err and err.count("\n") == 1
+        assert (out / name).read_text() == "# my own notes\n" and [p.name for p in out.iterdir()] == [name]
+
+
+def test_a_bad_override_is_named_with_its_own_choices_before_the_data_is_looked_for(tmp_path, capsys):
+    assert main(["reproduce", "claims", "--eval-split", "bogus", "--root", str(tmp_path / "none"),
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "eval_split must be one of test, val, got 'bogus'" in err and not (tmp_path / "out").exists()
+
+
+def test_a_claim_whose_rows_have_equal_errors_is_a_tie_not_a_reversal():
+    verdict = _verdict(("a", "b", "c"), [(10.0, 0.0), (10.001, 0.0), (12.0, 0.0)], seeds=1)
+    assert verdict.startswith("a < b: a tie") and "reversed" not in verdict and "b < c: holds by 2.00" in verdict

@@ -108,3 +108,25 @@ def test_export_and_reproduce_refuse_places_they_cannot_write_in_one_line(tmp_pa
     argv = ["reproduce", "table5-gap", "--dataset", "folder", "--root", data, "--epochs", "1", "--batch-size", "4",
             "--out", a_file]
     assert "cannot create the run folder" in one_line_error(argv, capsys)
+
+
+def test_a_new_run_refuses_a_folder_that_holds_the_users_files_and_writes_nothing(tmp_path, capsys):
+    data = write_folder_dataset(tmp_path / "data")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"mine": true}\n')
+    (mine / "metrics.csv").write_text("a,b\n1,2\n")
+    for out in (mine, data, data / "train"):  # O50: the user's files; O49: the image data's own root
+        before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+        err = one_line_error(train_argv(data, out), capsys)
+        assert "is not empty and holds no nin run" in err and "pick another --out" in err
+        assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before  # no .lock either
+
+
+def test_a_refused_run_leaves_an_empty_folder_empty_and_removes_the_folders_it_made(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one_line_error(train_argv(tmp_path / "no-such-data", empty), capsys)
+    assert list(empty.iterdir()) == []  # not even the lock file
+    one_line_error(train_argv(tmp_path / "no-such-data", tmp_path / "a" / "b" / "run"), capsys)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["empty"]

@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 
 from .checkpoint import CHECKPOINT_NAME
-from .config import REPRODUCE_FIELDS, Recipe, TrainConfig, from_dict, list_recipes, read_recipe
+from .config import REPRODUCE_FIELDS, Recipe, TrainConfig, from_dict, list_recipes, read_recipe, validate
 from .data import dataset_info
 from .data.splits import select_images
 from .errors import NinError
@@ -119,7 +119,8 @@ def reproduce(target: str, *, seeds: int = 1, out: str | Path = "reproduce", ove
         raise NinError(f"--seeds must be 1 or more, got {seeds}")
     out, overrides = Path(out), dict(overrides or {})
     rows = select_rows(target)
-    plans = {row: [row_config(row, seed, out, overrides) for seed in range(seeds)] for row in rows}
+    plans = {row: [validate(row_config(row, seed, out, overrides)) for seed in range(seeds)] for row in rows}
+    _check_tables_are_ours(out, target)
     check_data([config for configs in plans.values() for config in configs])
     results, said = [], _command(target, seeds, out, overrides)
     for row, configs in plans.items():
@@ -131,6 +132,27 @@ def reproduce(target: str, *, seeds: int = 1, out: str | Path = "reproduce", ove
             _write_claims(out / "paper-claims.md", results, overrides, said)
     log(f"results: {out / 'results.md'}" + (f" and {out / 'paper-claims.md'}" if target == "claims" else ""))
     return out / "results.md"
+
+
+TITLES = {"results.md": "# nin reproduce", "paper-claims.md": "# The paper's claims, checked"}
+
+
+def _check_tables_are_ours(out: Path, target: str) -> None:
+    """The tables are rewritten after every row: a file of that name that an earlier ``nin reproduce``
+    did not write is the user's, and is not replaced."""
+    names = ["results.md", "paper-claims.md"] if target == "claims" else ["results.md"]
+    for name in names:
+        path = out / name
+        if path.is_dir() or path.exists() and not _starts_with(path, TITLES[name]):
+            raise NinError(f"{path} exists and was not written by nin reproduce; pick another --out")
+
+
+def _starts_with(path: Path, title: str) -> bool:
+    try:
+        with open(path, "rb") as stream:
+            return stream.readline().decode("utf-8", "replace").rstrip("\r\n") == title
+    except OSError:
+        return False
 
 
 def _run_once(config: TrainConfig, log) -> tuple[float, float, str]:
@@ -174,7 +196,7 @@ def _command(target: str, seeds: int, out: Path, overrides: dict) -> str:
 
 
 def _write_results(path: Path, results: list, overrides: dict, command: str) -> None:
-    lines = ["# nin reproduce", "", f"hardware: {describe_hardware(overrides.get('device', 'auto'))}", "",
+    lines = [TITLES["results.md"], "", f"hardware: {describe_hardware(overrides.get('device', 'auto'))}", "",
              f"command: `{command}`", "",
              *(["evaluated on the paper's validation split (held out of the training images), not the test "
                 "set", ""] if overrides.get("eval_split") == "val" else []),
@@ -198,7 +220,7 @@ def _write_claims(path: Path, results: list, overrides: dict, command: str) -> N
     """The paper's comparisons: for each claim, the paper's errors and ours in the paper's order, and
     whether each step of the order holds, by how much against the seeds' spread."""
     errors = {row: [100 * error for error, _, _ in runs] for row, _, runs in results}
-    lines = ["# The paper's claims, checked", "", f"hardware: {describe_hardware(overrides.get('device', 'auto'))}",
+    lines = [TITLES["paper-claims.md"], "", f"hardware: {describe_hardware(overrides.get('device', 'auto'))}",
              f"settings changed from the recipes: {_said(overrides)}", "", f"command: `{command}`", "",
              "| claim | rows, best first (the paper's order) | paper: error | ours: error (mean ± std) | seeds | "
              "verdict |", "|---|---|---|---|---:|---|"]
@@ -223,6 +245,9 @@ def _verdict(rows: tuple[str, ...], ours: list[tuple[float, float]], seeds: int)
     steps = []
     for (better, (mean_a, std_a)), (worse, (mean_b, std_b)) in zip(zip(rows, ours), zip(rows[1:], ours[1:])):
         gap, noise = mean_b - mean_a, max(std_a, std_b)
+        if round(gap, 2) == 0:  # "reversed by 0.00 points" would say more than the numbers do
+            steps.append(f"{better} < {worse}: a tie (the errors differ by less than 0.01 points)")
+            continue
         what = "holds" if gap > 0 else "reversed"
         if seeds == 1:
             sure = " (1 seed: no spread to compare with)"

@@ -34,6 +34,7 @@ except ImportError:  # Windows: no advisory locks; a second process is not detec
 METRIC_FIELDS = ["epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
 TEST_FIELDS = ("test_loss", "test_acc")  # empty in an epoch that was not evaluated (--eval-every)
 LOCK_NAME = ".lock"
+LEFTOVERS = (LOCK_NAME,)  # what a killed run may leave in a folder besides temporary files (*.tmp)
 
 
 class RunFolder:
@@ -41,7 +42,8 @@ class RunFolder:
 
     def __init__(self, path: Path):
         self.path = path
-        self.created = False  # this process made the folder: a run that fails before its first checkpoint removes it
+        self.created: Path | None = None  # the topmost folder this process made: removed by a run that fails
+        self.found: set[str] | None = None  # what a new run's existing folder held: a failed run leaves just that
         self._lock_file = None
 
     @classmethod
@@ -55,20 +57,38 @@ class RunFolder:
             path = Path(out).expanduser() if out else Path("runs") / f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}"
             folder = cls(path)
             folder._create()
+        had_lock = (folder.path / LOCK_NAME).exists()
         folder._lock()
-        if not resume and (folder.path / ckpt.CHECKPOINT_NAME).exists():
-            folder.release()
-            raise NinError(f"{folder.path} already holds a run: continue it with --resume {folder.path}, "
-                           "or pick another --out")
+        if not resume:  # listed once locked: another run's files are then there for good, or gone
+            folder.found = set(os.listdir(folder.path)) - ({LOCK_NAME} if not had_lock else set())
+            folder._check_new()
         return folder
 
+    def _check_new(self) -> None:
+        """A new run goes into an empty folder: one holding a run is continued with --resume, and anything
+        else is the user's (their files, a pack, a data set), which the run's config.json, metrics.csv and
+        checkpoint would overwrite or mix with."""
+        problem = None
+        if self.checkpoint.exists():
+            problem = f"{self.path} already holds a run: continue it with --resume {self.path}, or pick another --out"
+        elif held := sorted(name for name in self.found if name not in LEFTOVERS and not name.endswith(".tmp")):
+            problem = (f"--out {self.path} is not empty and holds no nin run ({', '.join(held[:3])}"
+                       f"{', ...' if len(held) > 3 else ''}): a run writes into a new or empty folder; "
+                       "pick another --out")
+        if problem:
+            self.release()
+            raise NinError(problem)
+
     def _create(self) -> None:
-        self.created = not self.path.exists()
+        missing = [self.path, *self.path.parents]
+        missing = [folder for folder in missing if not folder.exists()]
+        self.created = missing[-1] if missing else None
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except FileExistsError:
             raise NinError(f"--out {self.path}: a file is in the way (a run folder is a directory)") from None
         except OSError as error:
+            self._remove_created()  # the parents made before the failure
             raise NinError(f"cannot create the run folder {self.path}: {_reason(error)}") from None
 
     def _lock(self) -> None:
@@ -76,13 +96,34 @@ class RunFolder:
             f"{self.path} is in use by {holder}: wait for it to finish, or pick another --out"))
 
     def release(self) -> None:
-        """Unlock; a folder this process created for a run that never wrote a checkpoint is removed."""
+        """Unlock; a run that never wrote a checkpoint leaves the place as it found it."""
         if self._lock_file is None:
             return
-        if self.created and not self.checkpoint.exists():
-            shutil.rmtree(self.path, ignore_errors=True)
+        if not self.checkpoint.exists():
+            self._remove_what_was_written()
         self._lock_file.close()  # closing the file drops the flock
         self._lock_file = None
+
+    def _remove_what_was_written(self) -> None:
+        """A run that wrote no checkpoint leaves nothing: the folders it made are removed; in a folder that
+        was there, what it wrote (the lock file, config.json) is, while it still holds the lock."""
+        if self.created is not None:
+            self._remove_created()
+        elif self.found is not None:
+            for name in set(os.listdir(self.path)) - self.found:
+                target = self.path / name
+                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+
+    def _remove_created(self) -> None:
+        if self.created is None:
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+        above = self.path.parents[:self.path.parents.index(self.created) + 1] if self.created != self.path else ()
+        for made in above:
+            try:
+                made.rmdir()  # only when empty: another process may have put something there meanwhile
+            except OSError:
+                break
 
     @property
     def checkpoint(self) -> Path:
@@ -103,7 +144,7 @@ class RunFolder:
             kept = path.with_name("metrics.csv.tmp")
             try:
                 with open(kept, "w", newline="") as stream:
-                    writer = csv.DictWriter(stream, fieldnames=METRIC_FIELDS)
+                    writer = csv.DictWriter(stream, fieldnames=METRIC_FIELDS, lineterminator="\n")
                     writer.writeheader()
                     writer.writerows(rows)
                 os.replace(kept, path)
@@ -116,8 +157,8 @@ class RunFolder:
         path = self.path / "metrics.csv"
         new = not path.exists()
         try:
-            with open(path, "a", newline="") as stream:
-                writer = csv.DictWriter(stream, fieldnames=METRIC_FIELDS)
+            with open(path, "a", newline="") as stream:  # "\n" ends a row: csv's "\r\n" shows in awk and cut
+                writer = csv.DictWriter(stream, fieldnames=METRIC_FIELDS, lineterminator="\n")
                 if new:
                     writer.writeheader()
                 writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})

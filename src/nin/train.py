@@ -66,8 +66,11 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
         raise NinError(f"--translate {config.translate} shifts images of {size} pixels out of view: "
                        f"use less than {size}")
     if config.progressive_resize and not MIN_PROGRESSIVE_SIZE <= config.progressive_resize < size:
+        sizes = (f"use {MIN_PROGRESSIVE_SIZE} to {size - 1}" if size - 1 > MIN_PROGRESSIVE_SIZE else
+                 f"use {MIN_PROGRESSIVE_SIZE}" if size - 1 == MIN_PROGRESSIVE_SIZE else
+                 f"it starts at {MIN_PROGRESSIVE_SIZE} pixels, so the images must be larger than that")
         raise NinError(f"--progressive-resize {config.progressive_resize} is not a smaller size for images of {size} "
-                       f"pixels: use {MIN_PROGRESSIVE_SIZE} to {size - 1}, or 0 for none")
+                       f"pixels: {sizes}, or 0 for none")
     flip = info.flip if config.flip == "auto" else config.flip in ("yes", "alternate")
     if "flip" in config.tta and not flip:
         raise NinError(f"--tta {config.tta} mirrors the test images, but this run trains without flips (--flip "
