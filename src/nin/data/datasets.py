@@ -16,7 +16,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from ..errors import NinError
 from .. import hardware
 from . import readers
-from .packed import is_pack, load_packed
+from .archive import Member, is_archive, open_archive
+from .packed import is_pack, load_packed, read_header
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -85,6 +86,26 @@ def load_dataset(name: str, root: str | os.PathLike | None, split: str, *, downl
         _download(info, root_path, split)
     files = _require(info, root_path, info.files(root_path, split))
     return reshape(_cached(files, (name, split), lambda: info.parse(files), cache), image_size, channels)
+
+
+def source_files(name: str, root, split: str) -> list[Path] | None:
+    """The files a split of a data set held in files of its own format is read from, checked to exist (one
+    line names the first missing one and how to get the data set); None for a data set of one file an image."""
+    info = dataset_info(name)
+    if info.files is None:
+        return None
+    root_path = _resolve_root(info, root)
+    return _require(info, root_path, info.files(root_path, split))
+
+
+def image_count(name: str, root, split: str) -> int | None:
+    """The number of images of a split when it is known without decoding any (a pack's header, an image
+    folder's files); None otherwise."""
+    if is_pack(root):
+        entry = read_header(Path(root).expanduser())["splits"].get(split)
+        return entry["count"] if entry else None
+    info = dataset_info(name)
+    return len(info.samples(root, split)[1]) if info.samples is not None else None
 
 
 def _resolve_root(info: DataSet, root) -> Path:
@@ -265,13 +286,12 @@ def _load_folder(root, split: str, size: int | None, channels: int, cache: bool)
 def _folder_samples(root, split: str) -> tuple[list[str], list[tuple[Path, int]]]:
     """(class names, [(image file, label)]) of a folder split, checked, without decoding an image."""
     if root is None:
-        raise NinError("the folder data set needs --root DIR holding train/CLASS/*.png and test/CLASS/*.png")
-    split_dir = Path(root).expanduser() / split
-    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir()) if split_dir.is_dir() else []
-    if not classes:
-        raise NinError(f"no class folders in {split_dir}: expected {split_dir}/CLASS_NAME/IMAGE.png")
-    samples = [(path, index) for index, cls in enumerate(classes)
-               for path in sorted((split_dir / cls).rglob("*")) if path.suffix.lower() in IMAGE_SUFFIXES]
+        raise NinError("the folder data set needs --root DIR holding train/CLASS/*.png and test/CLASS/*.png "
+                       "(or an archive of that layout: --root IMAGES.tar.gz)")
+    if is_archive(root):
+        split_dir, classes, samples = _archive_samples(root, split)
+    else:
+        split_dir, classes, samples = _directory_samples(root, split)
     if not samples:
         raise NinError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the class folders of {split_dir}")
     if split == "train" and len({label for _, label in samples}) < 2:
@@ -281,6 +301,41 @@ def _folder_samples(root, split: str) -> tuple[list[str], list[tuple[Path, int]]
         raise NinError(f"the class folder {split_dir / empty[0]} holds no images: a class needs training images "
                        "(add some, or move the folder out)")
     return classes, samples
+
+
+def _directory_samples(root, split: str) -> tuple[Path, list[str], list[tuple[Path, int]]]:
+    split_dir = Path(root).expanduser() / split
+    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir()) if split_dir.is_dir() else []
+    if not classes:
+        raise NinError(f"no class folders in {split_dir}: expected {split_dir}/CLASS_NAME/IMAGE.png")
+    samples = [(path, index) for index, cls in enumerate(classes)
+               for path in sorted((split_dir / cls).rglob("*")) if path.suffix.lower() in IMAGE_SUFFIXES]
+    return split_dir, classes, samples
+
+
+def _archive_samples(root, split: str) -> tuple[str, list[str], list[tuple[Member, int]]]:
+    """A split's images in an archive (``split/CLASS/.../IMAGE``), in the order a folder's would be."""
+    archive = open_archive(root)
+    below_class = [name.split("/", 2) for name in archive.names(split) if name.count("/") >= 2]
+    classes = sorted({cls for _, cls, _ in below_class})
+    where = f"{archive.path}:{split}"
+    if not classes:
+        raise NinError(f"no class folders in {where}: expected {split}/CLASS_NAME/IMAGE.png inside the archive")
+    index = {cls: i for i, cls in enumerate(classes)}
+    samples = sorted(((Member(archive, f"{split}/{cls}/{rest}"), index[cls]) for _, cls, rest in below_class
+                      if PurePosixPath(rest).suffix.lower() in IMAGE_SUFFIXES), key=lambda s: (s[1], s[0].name))
+    return where, classes, samples
+
+
+def source_identity(source) -> str:
+    """What changes when an image file (or archive member) may have: the key of the caches built from it."""
+    if isinstance(source, Member):
+        return source.fingerprint()
+    try:
+        stat = source.stat()
+    except OSError:  # a dangling link, a file gone since it was listed: decoding it says so in one line
+        return f"{source.absolute()}|unreadable"
+    return f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
 def _decode_folder(samples, classes, size: int, channels: int) -> Split:
@@ -305,8 +360,7 @@ def _cached(files: list[Path], key: tuple, parse, enabled: bool) -> Split:
         return parse()
     digest = hashlib.sha256(repr(key).encode())
     for f in files:
-        stat = f.stat()
-        digest.update(f"{f.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        digest.update(source_identity(f).encode())
     path = cache_dir() / f"{key[0]}-{key[1]}-{digest.hexdigest()[:16]}.pt"
     if path.is_file():
         try:

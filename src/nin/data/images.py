@@ -1,12 +1,13 @@
 """Image files -> uint8 tensors of the size and channel count a model was trained on."""
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..errors import NinError
 
@@ -27,27 +28,41 @@ def max_image_pixels() -> int:
 Image.MAX_IMAGE_PIXELS = None  # PIL's own limit (an error at 179 megapixels) is replaced by max_image_pixels()
 
 
-def load_image(path: str | Path, size: int, channels: int) -> torch.Tensor:
-    """(channels, size, size) uint8. Palette, alpha and 16-bit images are converted; alpha is dropped."""
+def load_image(path, size: int, channels: int) -> torch.Tensor:
+    """(channels, size, size) uint8 from an image file's path or an archive's member (``archive.Member``).
+    Palette, alpha and 16-bit images are converted; alpha is dropped."""
     limit = max_image_pixels()
     try:
-        with Image.open(path) as image:  # reads the header only: the size is checked before decoding
+        source = io.BytesIO(path.read_bytes()) if hasattr(path, "archive") else path  # an archive's member
+        with Image.open(source) as image:  # reads the header only: the size is checked before decoding
             if image.width * image.height > limit:
                 raise NinError(f"{path} has {image.width}x{image.height} pixels, more than the limit of "
                                f"{limit:,}: raise it with NIN_MAX_IMAGE_PIXELS={image.width * image.height}")
             image.load()
+            image = _upright(image)
             image = _to_8bit(image)
             image = image.convert("L" if channels == 1 else "RGB")
             image = image.resize((size, size), Image.Resampling.BILINEAR)
     except NinError:
         raise
     except FileNotFoundError:
+        if isinstance(path, (str, os.PathLike)) and Path(path).is_symlink():
+            raise NinError(f"image {path} is a link to {os.readlink(path)}, which does not exist") from None
         raise NinError(f"image {path} does not exist") from None
     except Exception as error:  # PIL raises many types for damaged files (OSError, ValueError, TypeError...)
         raise NinError(f"{path} is not a readable image ({error}): expected a PNG, JPEG or similar file") from None
     array = np.asarray(image, dtype=np.uint8)
     array = array[:, :, None] if array.ndim == 2 else array
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image as viewers show it: a phone stores a photo as its sensor saw it and records the turn in
+    the EXIF orientation tag. A tag that cannot be read leaves the pixels as stored."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # a damaged EXIF block is no reason to refuse pixels that decode
+        return image
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,12 +29,13 @@ import numpy as np
 import torch
 
 from ..checkpoint import atomic_write
-from ..errors import NinError
+from ..errors import Interrupted, NinError
 from ..hardware import readable_bytes
 from ..rundir import lock_folder
-from .datasets import FOLDER_SIZE, Split, cache_dir, dataset_info, load_dataset, reshape
+from .datasets import FOLDER_SIZE, Split, cache_dir, dataset_info, load_dataset, reshape, source_identity
 from .images import load_image
-from .packed import FORMAT, HEADER, VERSION, load_packed, read_header, split_files
+from .datasets import source_files
+from .packed import FORMAT, HEADER, VERSION, is_pack, load_packed, read_header, split_files
 
 CHUNK = 1024  # images decoded and written between two progress records
 
@@ -51,25 +53,93 @@ class Source:
 
 def write_pack(dataset: str, root, out, *, image_size: int | None = None, channels: int | None = None,
                skip_bad: bool = False, log: Callable[[str], None] = print) -> Path:
-    """Pack every split of ``dataset`` into the folder ``out``; a pack stopped part-way resumes."""
+    """Pack every split of ``dataset`` into the folder ``out``; a pack stopped part-way resumes, once its
+    files are found to be those it was started from. What the data set's files allow to refuse is refused
+    before anything is written or decoded."""
     settings = _settings(dataset, root, image_size, channels)
+    identities = _check_source(dataset, root)
     channels, size, _ = settings["shape"]
-    sources = {split: partial(_source, dataset, root, split, size, channels) for split in dataset_info(dataset).splits}
-    return write_sources(out, settings, sources, skip_bad=skip_bad, log=log)
+    sources = {split: partial(_source, dataset, root, split, size, channels) for split in identities}
+    try:
+        return write_sources(out, settings, sources, identities=identities, skip_bad=skip_bad, log=log)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: the same command resumes the pack in {out}") from None
 
 
 def verify_pack(folder, log: Callable[[str], None] = print) -> None:
-    """Check every split of the pack in ``folder`` against its header (files' sizes, labels, and the images'
-    SHA-256, read once end to end); a difference is refused in one line."""
+    """Check that the pack in ``folder`` holds every split it was made for, and each split against its
+    header (files' sizes, labels' range, and the images' and labels' SHA-256, read once end to end); a
+    difference is refused in one line."""
     folder = Path(folder).expanduser()
     header = read_header(folder)
+    _require_complete(folder, header)
     for split, entry in header["splits"].items():
-        load_packed(folder, header["dataset"], split, None, None)  # sizes and labels
-        images_file = split_files(folder, split)[0]
-        if _sha256(images_file) != entry["sha256"]:
-            raise NinError(f"{images_file} does not match its SHA-256 in {folder / HEADER}: the pack is damaged; "
-                           "pack it again")
-        log(f"{split}: {entry['count']:,} images, sizes, labels and SHA-256 as recorded")
+        load_packed(folder, header["dataset"], split, None, None)  # sizes and labels' range
+        for path, key in zip(split_files(folder, split), ("sha256", "labels_sha256")):
+            if key in entry and _sha256(path) != entry[key]:
+                raise NinError(f"{path} does not match its SHA-256 in {folder / HEADER}: the pack is damaged; "
+                               "pack it again")
+        log(f"{split}: {entry['count']:,} images, sizes, labels and SHA-256 as recorded" if "labels_sha256" in entry
+            else f"{split}: {entry['count']:,} images, sizes and the images' SHA-256 as recorded (its labels were "
+                 "not hashed by the nin that packed it: pack again to have them checked)")
+
+
+def _require_complete(folder: Path, header: dict) -> None:
+    """A pack stopped part-way (an unreadable image, SIGINT, a full disk) or missing a split is refused: its
+    header is true of what it holds, but it holds less than it was made for."""
+    planned = header.get("planned_splits") or list(dataset_info(header["dataset"]).splits)
+    missing = [split for split in planned if split not in header["splits"]]
+    if not missing:
+        return
+    split, done = missing[0], ", ".join(header["splits"]) or "none"
+    stopped = (folder / f"{split}.progress.json").exists() or split_files(folder, split, ".partial")[0].exists()
+    raise NinError(f"{folder} is not a complete pack: its {split} split "
+                   f"{'was stopped part-way' if stopped else 'is missing'} ({done} packed); finish it with "
+                   f"{pack_command(header, folder)} (with --skip-bad-images if an unreadable image stopped it)")
+
+
+def pack_command(header: dict, folder: Path) -> str:
+    """The ``nin data pack`` command that made (and resumes) the pack in ``folder``."""
+    words = ["nin", "data", "pack", header["dataset"], *(["--root", header["root"]] if header.get("root") else [])]
+    return shlex.join([*words, "--out", str(folder), *_shape_flags(header)])
+
+
+def train_command(folder) -> str:
+    """A ``nin train`` command that trains from the pack in ``folder`` (at its images' shape)."""
+    header = read_header(Path(folder).expanduser())
+    return shlex.join(["nin", "train", "--dataset", header["dataset"], "--root", str(folder), *_shape_flags(header)])
+
+
+def _shape_flags(header: dict) -> list[str]:
+    """The flags that ask for a pack's image shape: a run takes a data set's own size, or (an image folder,
+    which has none) its model's, and a pack holds one size only."""
+    info = dataset_info(header["dataset"])
+    channels, size, _ = header["shape"]
+    return [*(["--image-size", str(size)] if size != info.size else []),
+            *(["--channels", str(channels)] if channels != info.channels else [])]
+
+
+def _check_source(dataset: str, root) -> dict[str, str]:
+    """Each split's identity (what changes when one of its files does), once every refusal that the files
+    allow is made: before anything is written or decoded, so that a refused pack leaves nothing behind."""
+    if is_pack(root):
+        raise NinError(f"{root} is a pack (nin data pack wrote it), not the data set's files: train from it with "
+                       f"--root {root}, or pack from the images' own folder")
+    info = dataset_info(dataset)
+    identities, classes = {}, {}
+    for split in info.splits:
+        if info.samples is not None:  # an image folder: its class lists are known before any image is decoded
+            classes[split], samples = info.samples(root, split)
+        else:  # files of the data set's own format, which name its classes inside
+            samples = [(path, 0) for path in source_files(dataset, root, split) or []]
+        identities[split] = _fingerprint(samples)
+    first = info.splits[0]
+    for split, names in classes.items():
+        if names != classes[first]:
+            odd = sorted(set(names) ^ set(classes[first]))[0]
+            raise NinError(f"the {split} split's classes differ from the {first} split's ({odd} is in one and "
+                           "not the other): a pack's splits share their classes")
+    return identities
 
 
 def auto_pack(dataset: str, root, split: str, image_size: int | None, channels: int | None, log) -> Path:
@@ -117,8 +187,7 @@ def _settings(dataset: str, root, image_size: int | None, channels: int | None) 
 def _fingerprint(samples: list[tuple[Path, int]]) -> str:
     digest = hashlib.sha256()
     for path, label in samples:
-        stat = path.stat()
-        digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        digest.update(f"{source_identity(path)}|{label}".encode())
     return digest.hexdigest()
 
 
@@ -127,30 +196,78 @@ def _free_disk(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
-def write_sources(out, settings: dict, sources: dict[str, Callable[[], Source]], *, skip_bad: bool = False,
+def write_sources(out, settings: dict, sources: dict[str, Callable[[], Source]], *,
+                  identities: dict[str, str] | None = None, skip_bad: bool = False,
                   log: Callable[[str], None] = print) -> Path:
     """Pack ``sources`` (split name -> a maker of its Source) into the folder ``out`` with the header
-    ``settings`` (format, version, dataset, root, shape); the splits already packed are kept."""
+    ``settings`` (format, version, dataset, root, shape); the splits already packed are kept when their
+    ``identities`` (split name -> what changes with its files) are as recorded. A pack that fails before
+    its first images are written leaves nothing behind."""
     folder = Path(out).expanduser()
+    _refuse_other_files(folder)  # before the lock file is made: a refused pack leaves nothing in the user's folder
+    made = next((path for path in [*reversed(folder.parents), folder] if not path.exists()), None)
+    before = set(folder.iterdir()) if made is None and folder.is_dir() else set()
     lock = _claim(folder)
     try:
-        header = _start_header(folder, settings)
+        header = _start_header(folder, settings, list(sources))
         for split, make_source in sources.items():
+            identity = (identities or {}).get(split)
             if split in header["splits"]:
+                _require_unchanged(folder, split, header["splits"][split], identity)
                 log(f"{split}: already packed ({header['splits'][split]['count']:,} images)")
                 continue
             source = make_source()
             header["classes"] = header.get("classes") or source.classes
             if source.classes != header["classes"]:
                 raise NinError(f"the {split} split's classes {source.classes} differ from {header['classes']}")
-            header["splits"][split] = _pack_split(folder, split, source, settings, skip_bad, log)
+            header["splits"][split] = _pack_split(folder, split, source, settings, identity, skip_bad, log)
             atomic_write(json.dumps(header, indent=2).encode() + b"\n", folder / HEADER)
-    except OSError as error:
-        raise NinError(f"could not write the pack {folder} ({error.strerror or error}): free space or fix it, "
-                       "then run the same command again (it resumes)") from None
+    except BaseException as error:
+        _remove_if_nothing_packed(folder, before, made)
+        if isinstance(error, OSError):
+            raise NinError(f"could not write the pack {folder} ({error.strerror or error}): free space or fix it, "
+                           "then run the same command again (it resumes)") from None
+        raise
     finally:
         lock.close()
     return folder
+
+
+def _refuse_other_files(folder: Path) -> None:
+    try:
+        if folder.is_dir() and not (folder / HEADER).is_file() and any(not _packs_own(p) for p in folder.iterdir()):
+            raise NinError(f"{folder} holds other files: pack into a new or empty folder")
+    except OSError as error:
+        raise NinError(f"cannot read the pack folder {folder} ({error.strerror or error})") from None
+
+
+def _packs_own(path: Path) -> bool:
+    """A file a pack writes before its header (a stopped pack's own)."""
+    return path.name == ".lock" or path.name.endswith((".partial", ".progress.json"))
+
+
+def _remove_if_nothing_packed(folder: Path, before: set[Path], made: Path | None) -> None:
+    """The files this pack made (and the folders, from ``made`` down), removed when no image was written yet:
+    a refused or failed pack leaves no empty pack behind. A pack holding images is kept for the same command
+    to resume."""
+    try:
+        if any(folder.glob("*.progress.json")) or (is_pack(folder) and read_header(folder)["splits"]):
+            return
+        for path in set(folder.iterdir()) - before:
+            path.unlink()
+        for created in [folder, *folder.parents] if made is not None else []:
+            created.rmdir()
+            if created == made:
+                break
+    except (OSError, NinError):
+        pass  # what cannot be removed stays; the error that stopped the pack is the one to report
+
+
+def _require_unchanged(folder: Path, split: str, entry: dict, identity: str | None) -> None:
+    """A split packed from files that have changed since (added, removed, edited, moved to another class)."""
+    if identity is not None and entry.get("files") not in (None, identity):
+        raise NinError(f"the {split} images have changed since {folder} packed them (added, removed, edited or "
+                       "moved): pack them into a new --out")
 
 
 def _claim(folder: Path):
@@ -164,12 +281,12 @@ def _claim(folder: Path):
                                       "it to finish")
 
 
-def _start_header(folder: Path, settings: dict) -> dict:
-    """The pack's header so far, or a new one; a folder holding another pack is refused."""
+def _start_header(folder: Path, settings: dict, planned: list[str]) -> dict:
+    """The pack's header so far, or a new one; a folder holding another pack is refused. ``planned``: the
+    splits the pack is made for (nin data verify refuses a pack that lacks one)."""
     if not (folder / HEADER).is_file():
-        if any(p.name != ".lock" and not p.name.endswith((".partial", ".progress.json")) for p in folder.iterdir()):
-            raise NinError(f"{folder} holds other files: pack into a new or empty folder")
-        header = {**settings, "classes": None, "splits": {}}
+        _refuse_other_files(folder)  # again, now that the folder is locked
+        header = {**settings, "planned_splits": planned, "classes": None, "splits": {}}
         atomic_write(json.dumps(header, indent=2).encode() + b"\n", folder / HEADER)
         return header
     header = read_header(folder)
@@ -210,13 +327,15 @@ def _source(dataset: str, root, split: str, size: int, channels: int) -> Source:
     return Source(len(samples), classes, (channels, size, size), read)
 
 
-def _pack_split(folder: Path, split: str, source: Source, settings: dict, skip_bad: bool, log) -> dict:
-    """Write one split (resuming a partial one written with the same settings); its header entry."""
+def _pack_split(folder: Path, split: str, source: Source, settings: dict, identity: str | None, skip_bad: bool,
+                log) -> dict:
+    """Write one split (resuming a partial one written with the same settings from the same files); its
+    header entry."""
     from tqdm import tqdm
 
     images_file, labels_file = split_files(folder, split, ".partial")
     progress_file = folder / f"{split}.progress.json"
-    progress = _progress(progress_file, settings, source.count)
+    progress = _progress(progress_file, settings, source.count, identity, split, log)
     row_bytes = int(np.prod(source.shape))
     with open(images_file, "r+b" if progress["next"] else "wb") as images_out, \
             open(labels_file, "r+b" if progress["next"] else "wb") as labels_out:
@@ -242,7 +361,8 @@ def _pack_split(folder: Path, split: str, source: Source, settings: dict, skip_b
     if progress["rows"] == 0:
         raise NinError(f"no image of the {split} split could be read: nothing to pack")
     # hashed once complete, by reading the file again: a hash kept while writing could not survive a resume
-    entry = {"count": progress["rows"], "sha256": _sha256(images_file), "skipped": len(progress["skipped"])}
+    entry = {"count": progress["rows"], "sha256": _sha256(images_file), "labels_sha256": _sha256(labels_file),
+             "skipped": len(progress["skipped"]), **({"files": identity} if identity is not None else {})}
     _finish(folder, split, progress)
     log(f"{split}: {entry['count']:,} images of {'x'.join(map(str, source.shape))}"
         + (f"; {entry['skipped']} unreadable skipped (listed in {folder / f'{split}.skipped.txt'})"
@@ -250,14 +370,19 @@ def _pack_split(folder: Path, split: str, source: Source, settings: dict, skip_b
     return entry
 
 
-def _progress(path: Path, settings: dict, count: int) -> dict:
-    """Where a stopped pack of this split left off, or the start."""
-    fresh = {"settings": settings, "count": count, "next": 0, "rows": 0, "skipped": []}
+def _progress(path: Path, settings: dict, count: int, identity: str | None, split: str, log) -> dict:
+    """Where a stopped pack of this split left off, or the start: when the split's files have changed since
+    (an image moved to another class leaves the count as it was), the rows written are not theirs."""
+    fresh = {"settings": settings, "count": count, "files": identity, "next": 0, "rows": 0, "skipped": []}
     try:
         stored = json.loads(path.read_text())
     except (OSError, ValueError):
         return fresh
-    return stored if stored.get("settings") == settings and stored.get("count") == count else fresh
+    if isinstance(stored, dict) and [stored.get(key) for key in ("settings", "count", "files")] == \
+            [settings, count, identity]:
+        return stored
+    log(f"{split}: the images have changed since the pack stopped: packing the {split} split from the start")
+    return fresh
 
 
 def _finish(folder: Path, split: str, progress: dict) -> None:
