@@ -1,12 +1,13 @@
 # `make run`: set up from a bare machine, train the default recipe on Fashion-MNIST, print accuracy.
-# `make test`: set up from a bare machine and run the tests.
+# `make test`: set up from a bare machine and run the tests (the documentation site's --strict build included).
+# `make docs`: the documentation site into site/.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 NIN    := $(VENV)/bin/nin
 FASHION_MNIST_SYSTEM_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data run test bench clean
+.PHONY: setup data run test bench docs docs-figures clean
 
 setup: $(VENV)/.core
 
@@ -42,5 +43,14 @@ test: $(VENV)/.dev data
 bench: $(VENV)/.dev data
 	$(PY) benchmarks/fashion_mnist.py
 
+# the documentation site (MkDocs + Material) into site/; --strict: a broken link or a missing page fails.
+# The tests build it too (tests/test_docs.py).
+docs: $(VENV)/.dev
+	$(PY) -m mkdocs build --strict
+
+# the site's pictures, made by nin's own commands from runs in results/ and the shipped weights (no training)
+docs-figures: $(VENV)/.dev data
+	$(PY) docs/make_figures.py
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache site
