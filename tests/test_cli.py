@@ -153,3 +153,15 @@ def test_eval_and_predict_take_amp_and_bf16_agrees_with_fp32(trained_run, tmp_pa
     with pytest.raises(SystemExit) as stopped:
         main(["eval", str(trained_run), "--amp", "fp16"])
     assert stopped.value.code == 2 and "invalid choice: 'fp16'" in capsys.readouterr().err
+
+
+def test_every_option_and_positional_of_every_command_has_help():
+    import argparse
+
+    from nin.cli import get_parser
+
+    commands = next(a for a in get_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"nin {name} {action.option_strings[0] if action.option_strings else action.metavar or action.dest}"
+               for name, sub in commands.choices.items() for action in sub._actions
+               if not action.help or not action.help.strip()]
+    assert missing == [] and len(commands.choices) >= 10

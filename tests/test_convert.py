@@ -2,6 +2,8 @@
 weights) become nin exports that compute what Caffe computes, checked against a forward pass written
 from the Caffe layer definitions (tests/caffe_files.py)."""
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -277,3 +279,55 @@ def test_other_state_dicts_and_wrong_options_are_one_line(tmp_path, capsys):
     code, _, err = run(["convert", "caffe", tmp_path / "cifar.pth", "--out", tmp_path / "out"], capsys)
     assert_one_line_error(code, err, "nin convert caffe needs --model")
     assert not list(tmp_path.glob("out.*"))
+
+
+def test_weights_that_are_not_numbers_or_not_there_are_one_line(tmp_path, capsys):
+    from pytorchcv.models import nin_cifar
+
+    blobs = random_blobs(NIN_CIFAR10, 3)
+    blobs[1][1][0][0, 0, 0, 0] = np.nan
+    write_caffemodel(tmp_path / "nan.caffemodel", NIN_CIFAR10, blobs)
+    code, _, err = run(["convert", "caffe", tmp_path / "nan.caffemodel", "--model", "nin_cifar10", "--mean", "1,2,3",
+                        "--out", tmp_path / "out"], capsys)
+    assert_one_line_error(code, err, "layer 'cccp1-1' holds NaN or infinite weights")
+    state = nin_cifar.nin_cifar10().state_dict()
+    name = next(iter(state))
+    conv, bias = torch.empty(192, 3, 5, 5), torch.empty(192)
+    dicts = {
+        "inf": ({**state, name: state[name].clone().fill_(float("inf"))}, f"{name} holds NaN or infinite values"),
+        "meta": ({"c.weight": conv.to("meta"), "c.bias": bias.to("meta")}, "c.weight is a meta tensor"),
+        "huge": ({"c.weight": torch.zeros(1).expand(10 ** 6, 10 ** 6, 1, 1), "c.bias": torch.zeros(1).expand(10 ** 6)},
+                 "c.weight has shape (1000000, 1000000, 1, 1), 1e+12 values"),
+        "sparse": ({"c.weight": conv.to_sparse(), "c.bias": bias}, "c.weight is a sparse_coo tensor"),
+    }
+    for kind, (tensors, message) in dicts.items():
+        torch.save(tensors, tmp_path / f"{kind}.pth")
+        code, _, err = run(["convert", "torch", tmp_path / f"{kind}.pth", "--out", tmp_path / "out"], capsys)
+        assert_one_line_error(code, err, message)
+    assert not list(tmp_path.glob("out*"))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o007])
+def test_converted_weights_get_the_mode_the_umask_gives(umask, tmp_path, capsys):
+    from pytorchcv.models import nin_cifar
+
+    torch.save(nin_cifar.nin_cifar10().state_dict(), tmp_path / "cifar.pth")
+    previous = os.umask(umask)
+    try:
+        code, _, _ = run(["convert", "torch", tmp_path / "cifar.pth", "--original", "pytorchcv:nin_cifar10",
+                          "--out", tmp_path / "out" / "m"], capsys)
+    finally:
+        os.umask(previous)
+    assert code == 0
+    assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "out").iterdir()} == {
+        "m.safetensors": 0o666 & ~umask, "m.json": 0o666 & ~umask}
+
+
+@pytest.mark.parametrize("out", ["/proc/m", "/proc/nin-no-such-folder/m"])
+def test_a_conversion_into_a_place_that_takes_no_files_is_one_line(out, tmp_path, capsys):
+    from pytorchcv.models import nin_cifar
+
+    torch.save(nin_cifar.nin_cifar10().state_dict(), tmp_path / "cifar.pth")
+    code, _, err = run(["convert", "torch", tmp_path / "cifar.pth", "--original", "pytorchcv:nin_cifar10",
+                        "--out", out], capsys)
+    assert_one_line_error(code, err, "cannot write")

@@ -1,7 +1,12 @@
 """Exports: safetensors + JSON round trip, ONNX (every variant, checked by onnxruntime), TorchScript,
 torch.hub from the local repository, and the `nin export` command's outputs and one-line errors."""
+import contextlib
+import errno
 import json
 import os
+import resource
+import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -362,3 +367,84 @@ def test_onnx_export_without_its_packages_says_which_extra_to_install(tmp_path, 
     info = ModelInfo("nin_mnist", {}, [str(d) for d in range(10)], 28, 1, [0.5], [0.25])
     with pytest.raises(NinError, match=r"pip install 'network-in-network\[onnx\]'"):
         export_model(nin.create_model("nin_mnist"), info, "onnx", tmp_path / "m")
+
+
+# --- outputs that cannot be written, and the files' modes -------------------------------------------
+
+@contextlib.contextmanager
+def file_size_limit(size: int):
+    """Files may not grow past ``size`` bytes (EFBIG, as a full disk gives ENOSPC), in this process."""
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the signal would kill the process
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def one_line_error(argv, capsys) -> str:
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("nin: error: ") and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "torchscript"])
+def test_weights_that_do_not_fit_on_the_disk_leave_nothing_and_are_one_line(fmt, run, tmp_path, capsys):
+    out = tmp_path / "new" / "m"
+    with file_size_limit(4096):  # room for the JSON, not for the weights
+        err = one_line_error(["export", run, "--format", fmt, "--out", out], capsys)
+    suffix = ".safetensors" if fmt == "safetensors" else ".torchscript.pt"
+    assert f"cannot write {out}{suffix}: File too large" in err or "cannot write" in err and suffix in err, err
+    assert not (tmp_path / "new").exists()  # nor the folder made for them
+
+
+def test_an_export_with_room_for_the_weights_but_not_the_json_leaves_neither(run, tmp_path, capsys, monkeypatch):
+    def disk_full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr("nin.export._write_text", disk_full)
+    (tmp_path / "models").mkdir()
+    err = one_line_error(["export", run, "--out", tmp_path / "models" / "m"], capsys)
+    assert f"cannot write {tmp_path / 'models' / 'm.json'}: No space left on device" in err
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+@pytest.mark.parametrize("out", ["/proc/m", "/proc/nin-no-such-folder/m", "/proc/self/m"])
+def test_an_export_into_a_place_that_takes_no_files_is_one_line(out, run, capsys):
+    assert "cannot write" in one_line_error(["export", run, "--out", out], capsys)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_exporting_a_run_that_lies_in_a_read_only_folder_is_one_line(run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    copy.mkdir()
+    (copy / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes())
+    copy.chmod(0o500)
+    try:
+        assert f"cannot write {copy / 'model.safetensors'}" in one_line_error(["export", copy], capsys)
+    finally:
+        copy.chmod(0o700)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_the_weights_get_the_mode_the_umask_gives_as_the_json_does(umask, run, tmp_path):
+    previous = os.umask(umask)
+    try:
+        export(run, "safetensors", tmp_path / "m")
+    finally:
+        os.umask(previous)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()}
+    assert modes == {"m.safetensors": 0o666 & ~umask, "m.json": 0o666 & ~umask}
+
+
+def test_weights_that_are_not_numbers_are_not_exported(tmp_path):
+    model = nin.create_model("nin_mnist")
+    with torch.no_grad():
+        next(model.parameters())[0, 0, 0, 0] = float("nan")
+    info = ModelInfo("nin_mnist", {}, [str(d) for d in range(10)], 28, 1, [0.5], [0.25])
+    with pytest.raises(NinError, match=r"NaN or infinite values \(features1.0.weight\)"):
+        export_model(model, info, "safetensors", tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []

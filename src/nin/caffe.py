@@ -13,9 +13,9 @@ width (fields 1-4), its values as ``data`` (5, float32) or ``double_data`` (8). 
 """
 from __future__ import annotations
 
+import math
 import os
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,8 @@ POOL_KINDS = {0: "max", 1: "avg", 2: "stochastic"}
 # where each generation keeps a layer's name, type, blobs and pooling parameters
 LAYER_FIELDS = {"layer": (1, 2, 7, 121), "v1": (4, 5, 6, 19), "v0": (1, 2, 50, None)}
 V0_POOL_FIELD = 11  # V0 keeps its pooling kind in the layer itself (an enum: MAX = 0, AVE = 1)
+MAX_DIMS = 8  # a blob's dimensions: Caffe's own limit is 32, NIN's blobs have 4
+MAX_DEPTH = 64  # messages nested in a prototxt: a network definition has 4 levels; Python's stack has ~1000
 
 
 @dataclass
@@ -54,7 +56,7 @@ def read_caffemodel(path: str | os.PathLike) -> list[Layer]:
                 layers.append(_layer(value, "layer"))
             elif number == 2 and wire == 2:
                 layers.append(_v1_layer(value))
-    except (WireError, UnicodeDecodeError, struct.error) as error:
+    except (WireError, UnicodeDecodeError) as error:
         raise NinError(f"{path} is not a readable Caffe model ({error})") from None
     if not layers:
         raise NinError(f"{path} holds no Caffe layers: expected a .caffemodel (a NetParameter protobuf)")
@@ -65,9 +67,9 @@ def read_mean(path: str | os.PathLike) -> np.ndarray:
     """A mean ``.binaryproto`` (a BlobProto, e.g. Caffe's ilsvrc_2012_mean) as a float32 array (C, H, W)."""
     try:
         blob = _blob(_read(path))
-    except (WireError, struct.error) as error:
+    except WireError as error:
         raise NinError(f"{path} is not a readable Caffe mean file ({error})") from None
-    if blob.ndim < 3 or blob.size == 0:
+    if blob.ndim < 3 or blob.size == 0 or math.prod(blob.shape[:-3]) != 1:
         raise NinError(f"{path} holds a blob of shape {blob.shape}, not a mean image (channels, height, width)")
     return blob.reshape(blob.shape[-3:])
 
@@ -94,8 +96,10 @@ def _layer(data: bytes, generation: str) -> Layer:
     for number, wire, value in _fields(data):
         if number == name_field and wire == 2:
             layer.name = bytes(value).decode()
-        elif number == type_field:
+        elif number == type_field and wire in (0, 2):  # an enum (V1) or a text (V0, later)
             layer.type = V1_TYPES.get(value, f"V1 type {value}") if wire == 0 else bytes(value).decode()
+        elif number in (name_field, type_field):
+            raise WireError(f"field {number} of a layer has wire type {wire}, not a name's or a type's")
         elif number == blobs_field and wire == 2:
             layer.blobs.append(_blob(value))
         elif number == pooling_field and wire == 2:
@@ -118,38 +122,54 @@ def _pooling(data: bytes) -> tuple[str, bool]:
 
 
 def _blob(data: bytes) -> np.ndarray:
-    legacy, shape, values = {}, [], []
+    legacy, shape = {}, []
+    raw = {"<f4": bytearray(), "<f8": bytearray()}  # the values' bytes: a number each field would be an array each
     for number, wire, value in _fields(data):
         if number in (1, 2, 3, 4) and wire == 0:
             legacy[number] = value
         elif number == 7 and wire == 2:
-            shape = [dim for n, w, v in _fields(value) if n == 1 for dim in _ints(w, v)]
-        elif number == 5:
-            values.append(_floats(wire, value, "<f4"))
-        elif number == 8:
-            values.append(_floats(wire, value, "<f8"))
-    array = np.concatenate(values).astype(np.float32) if values else np.zeros(0, np.float32)
+            shape = _shape(value)
+        elif number in (5, 8):
+            raw["<f4" if number == 5 else "<f8"] += _float_bytes(wire, value, 4 if number == 5 else 8)
+    array = np.concatenate([np.frombuffer(bytes(raw[dtype]), dtype=dtype).astype(np.float32) for dtype in raw])
     if not shape and legacy:
         shape = [legacy.get(n, 1) for n in (1, 2, 3, 4)]
     if not shape:
         shape = [array.size]
-    if int(np.prod(shape)) != array.size:
+    # Python's integers: a product of huge dimensions does not wrap around; numpy's dimensions are below 2^31 here
+    if math.prod(shape) != array.size or max(shape) >= 2 ** 31:
         raise WireError(f"a blob of shape {tuple(shape)} holds {array.size} values")
     return array.reshape(shape)
 
 
-def _floats(wire: int, value, dtype: str) -> np.ndarray:
-    if wire == 2:  # packed
-        return np.frombuffer(bytes(value), dtype=dtype)
-    size = 4 if dtype == "<f4" else 8
-    return np.frombuffer(value.to_bytes(size, "little"), dtype=dtype)
+def _shape(data) -> list[int]:
+    """A BlobShape's dimensions (field 1, packed or not), at most MAX_DIMS of them."""
+    dims = []
+    for number, wire, value in _fields(data):
+        if number == 1:
+            dims += _ints(wire, value)
+        if len(dims) > MAX_DIMS:  # before a hostile file's millions of them are held as Python integers
+            raise WireError(f"a blob's shape has more than {MAX_DIMS} dimensions")
+    return dims
+
+
+def _float_bytes(wire: int, value, size: int) -> bytes:
+    """The bytes of packed (wire 2) float32 or float64 values, or of one (wire 5: float32, wire 1: float64)."""
+    if wire == 2 and len(value) % size == 0:
+        return bytes(value)
+    if wire == {4: 5, 8: 1}[size]:
+        return value.to_bytes(size, "little")
+    what = f"{len(value)} bytes" if wire == 2 else f"wire type {wire}"
+    raise WireError(f"a blob's {'float' if size == 4 else 'double'} values come as {what}, not {size}-byte numbers")
 
 
 def _ints(wire: int, value) -> list[int]:
     if wire == 0:
         return [value]
+    if wire != 2:
+        raise WireError(f"a blob's shape comes as wire type {wire}, not as integers")
     numbers, position = [], 0
-    while position < len(value):
+    while position < len(value) and len(numbers) <= MAX_DIMS:  # _shape refuses more
         number, position = _varint(value, position)
         numbers.append(number)
     return numbers
@@ -206,12 +226,15 @@ def read_prototxt(path: str | os.PathLike) -> tuple[list[Layer], dict]:
     try:
         text = _read(path).decode()
         net = _message(_tokens(text), top=True)
-        layers = [_text_layer(entry) for entry in net.get("layer", []) + net.get("layers", [])]
-    except (WireError, UnicodeDecodeError, TypeError, ValueError) as error:
+        entries = net.get("layer", []) + net.get("layers", [])
+        if not all(isinstance(entry, dict) for entry in entries):
+            raise WireError("a layer is a value, not a { ... } block")
+        layers = [_text_layer(entry) for entry in entries]
+    except (WireError, UnicodeDecodeError) as error:
         raise NinError(f"{path} is not a readable Caffe prototxt ({error})") from None
     if not layers:
         raise NinError(f"{path} holds no Caffe layers: expected a network definition (layer {{ ... }} entries)")
-    transforms = [entry["transform_param"][0] for entry in net.get("layer", []) + net.get("layers", [])
+    transforms = [entry["transform_param"][0] for entry in entries
                   if isinstance(entry.get("transform_param", [None])[0], dict)]
     return layers, transforms[0] if transforms else {}
 
@@ -228,20 +251,24 @@ def _tokens(text: str):
             yield token
 
 
-def _message(tokens, top: bool = False) -> dict:
+def _message(tokens, top: bool = False, depth: int = 0) -> dict:
     """``name: value`` and ``name { ... }`` fields up to the closing brace (or the end, at the top) as
     {name: [values]}; strings lose their quotes, numbers become floats, enum names stay text."""
+    if depth > MAX_DEPTH:
+        raise WireError(f"messages nested more than {MAX_DEPTH} deep: not a network definition")
     fields: dict[str, list] = {}
     for token in tokens:
         if token == "}" and not top:
             return fields
         if token in ",;":
             continue
+        if token in "{}:[]":
+            raise WireError(f"a field name was expected, not {token!r}")
         following = next(tokens, None)
         if following == ":":
             following = next(tokens, None)
         if following == "{":
-            fields.setdefault(token, []).append(_message(tokens))
+            fields.setdefault(token, []).append(_message(tokens, depth=depth + 1))
         elif following == "[":  # a repeated field's values at once: mean_value: [104, 117, 123]
             fields.setdefault(token, []).extend(_scalar(t) for t in _until_bracket(tokens) if t != ",")
         elif following is None or following in "}:[]":
@@ -275,6 +302,8 @@ def _text_layer(entry: dict) -> Layer:
         entry = entry["layer"][0]
     layer = Layer(name=str(entry.get("name", [""])[0]), type=str(entry.get("type", [""])[0]))
     pooling = entry.get("pooling_param", [entry])[0]  # V0 keeps pool: at the layer's level
+    if not isinstance(pooling, dict):
+        raise WireError(f"layer {layer.name!r}: pooling_param is a value, not a {{ ... }} block")
     if layer_kind(layer.type) in ("pooling", "pool"):
         kind = str(pooling.get("pool", ["MAX"])[0])
         layer.pool = {"MAX": "max", "AVE": "avg"}.get(kind, kind.lower())

@@ -41,6 +41,8 @@ class ModelInfo:
     extra: dict = field(default_factory=dict, repr=False)  # the rest of the JSON it was read from
     preprocess: dict | None = field(default=None, repr=False)  # the state of a preprocessing other than standardize
     source: dict | None = field(default=None, repr=False)  # weights converted from elsewhere: where from (nin convert)
+    # the images it learnt from: {"dataset", "splits" ("train", "train+extra"), "val_held_out"}; None: unknown
+    training: dict | None = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.preprocess is not None and self.preprocess.get("kind", "standardize") == "standardize":
@@ -84,8 +86,9 @@ class ModelInfo:
     @classmethod
     def from_trained(cls, trained) -> "ModelInfo":
         state = trained.normalize.state_dict()
+        training = {k: v for k, v in trained.training.items() if k != "root"} if trained.training else None
         return cls(trained.name, dict(trained.kwargs), list(trained.classes), trained.size, trained.channels,
-                   dataset=trained.dataset, preprocess={"kind": "standardize", **state})
+                   dataset=trained.dataset, preprocess={"kind": "standardize", **state}, training=training)
 
     def to_json(self, file_format: str, file_name: str) -> dict:
         shape = ["batch", self.channels, self.size, self.size]
@@ -105,6 +108,8 @@ class ModelInfo:
             config["normalization"] = {"mean": list(self.mean), "std": list(self.std), "scale": "0..1"}
         if self.source:
             config["source"] = _jsonable(self.source)
+        if self.training:  # so that nin eval can tell when it is shown the images the model learnt from
+            config["training"] = _jsonable(self.training)
         return config
 
     def _preprocessing_json(self, file_format: str) -> dict:
@@ -131,7 +136,7 @@ class ModelInfo:
             given = config["input"]
             return cls(config["model"], kwargs, list(config["classes"]), int(given["size"]), int(given["channels"]),
                        dataset=config.get("dataset", ""), extra=config, preprocess=_preprocess_from_json(config),
-                       source=config.get("source"))
+                       source=config.get("source"), training=_training_from_json(config.get("training")))
         except (KeyError, TypeError, ValueError) as error:
             raise NinError(f"{where}: incomplete nin export config ({type(error).__name__}: {error})") from None
 
@@ -171,6 +176,13 @@ def _preprocess_from_json(config: dict) -> dict | None:
         return {"kind": "standardize", "mean": [float(m) for m in norm["mean"]],
                 "std": [float(s) for s in norm["std"]]}
     return {key: value for key, value in block.items() if key not in ("description", "tensors")}
+
+
+def _training_from_json(block) -> dict | None:
+    """The "training" block, when it is whole (an export written before it existed has none)."""
+    if not isinstance(block, dict) or not all(isinstance(block.get(key), str) for key in ("dataset", "splits")):
+        return None
+    return {"dataset": block["dataset"], "splits": block["splits"], "val_held_out": block.get("val_held_out") is True}
 
 
 def _count(values) -> int:

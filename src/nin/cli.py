@@ -20,6 +20,8 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a Unix tool returns when its reade
 
 
 WEIGHTS_HELP = "shipped weights instead of a run: fashion-mnist (nin_mnist_bn), fashion-mnist-plain (nin_mnist)"
+DEVICE_HELP = "auto (the default: a CUDA GPU when there is one), cpu, cuda or cuda:N"
+MODEL_HELP = "a run folder, a checkpoint (.pt) or a safetensors export with its JSON (nin export's default)"
 
 
 class Parser(argparse.ArgumentParser):
@@ -41,13 +43,13 @@ def get_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="test accuracy, error and per-class accuracy of a run")
     evaluate.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT", nargs="?",
-                          help="a run, a checkpoint or an export (or --weights)")
+                          help=f"{MODEL_HELP} (or --weights)")
     evaluate.add_argument("--weights", metavar="NAME", help=WEIGHTS_HELP)
     evaluate.add_argument("--dataset", help="default: the data set the run was trained on")
     evaluate.add_argument("--root", help="where the data set lies")
     evaluate.add_argument("--split", default="test",
                           help="test (default), train, extra (SVHN) or val (the paper's validation split)")
-    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--report", metavar="DIR", help="write the confusion matrix (CSV, PNG), per-class "
                           "accuracy (CSV, PNG), the most confused pairs (CSV) and metrics.json into DIR")
@@ -60,7 +62,7 @@ def get_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=cmd_eval)
 
     export = commands.add_parser("export", help="write a run's model as safetensors + JSON, ONNX or TorchScript")
-    export.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT")
+    export.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT", help="a run folder or a checkpoint (.pt)")
     export.add_argument("--format", default="safetensors", metavar="{safetensors,onnx,torchscript}",
                         help="safetensors: the weights, for nin.load; onnx, torchscript: the model with its "
                              "normalisation inside, fed uint8 NCHW pixels 0..255 (default: safetensors)")
@@ -72,13 +74,14 @@ def get_parser() -> argparse.ArgumentParser:
                                   "Caffe models, pytorchcv, neural-style)")
     convert.add_argument("source", choices=["caffe", "torch"],
                          help="caffe: a .caffemodel; torch: a PyTorch state dict (.pth) of a known NIN port")
-    convert.add_argument("file", metavar="FILE")
+    convert.add_argument("file", metavar="FILE", help="the file to convert: a .caffemodel or a .pth")
     convert.add_argument("--model", metavar="{nin_cifar10,nin_imagenet}", help="caffe: the network the file holds")
     convert.add_argument("--original", metavar="NAME", help="torch: pytorchcv:nin_cifar10, pytorchcv:nin_cifar100, "
                          "pytorchcv:nin_svhn or neural-style:nin_imagenet (default: recognised from the shapes)")
     convert.add_argument("--out", required=True, metavar="PATH", help="writes PATH.safetensors (or .onnx, "
                          ".torchscript.pt) and PATH.json, as nin export does")
-    convert.add_argument("--format", default="safetensors", metavar="{safetensors,onnx,torchscript}")
+    convert.add_argument("--format", default="safetensors", metavar="{safetensors,onnx,torchscript}",
+                         help="the output's format, as for nin export (default: safetensors)")
     convert.add_argument("--prototxt", metavar="NET.prototxt", help="caffe: the network's definition (its "
                          "pooling kinds, its data layer's mean_value and scale), checked against the model's layers")
     convert.add_argument("--mean", metavar="R,G,B", help="the mean pixel (0..255) the original subtracts "
@@ -92,11 +95,13 @@ def get_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="top-k classes for image files")
     predict.add_argument("paths", nargs="+", metavar="[CHECKPOINT] IMAGE",
-                         help="a run, a checkpoint or an export, then the images (only the images with --weights)")
+                         help=f"{MODEL_HELP}, then the images (only the images with --weights); ONNX and "
+                              "TorchScript exports are for onnxruntime and torch.jit")
     predict.add_argument("--weights", metavar="NAME", help=WEIGHTS_HELP)
-    predict.add_argument("--topk", type=int, default=5)
-    predict.add_argument("--device", default="auto")
-    predict.add_argument("--json", action="store_true")
+    predict.add_argument("--topk", type=int, default=5, metavar="K", help="the K most probable classes (default 5)")
+    predict.add_argument("--device", default="auto", help=DEVICE_HELP)
+    predict.add_argument("--json", action="store_true", help="print one JSON list: per image its classes and "
+                         "probabilities")
     predict.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
                          help="bf16 autocast: auto (on CUDA and on CPUs with AMX or AVX512-BF16), bf16 (always), off")
     predict.set_defaults(handler=cmd_predict)
@@ -110,9 +115,10 @@ def get_parser() -> argparse.ArgumentParser:
                                            "then reads through a memory map with --root PACK (for data larger "
                                            "than memory); nin data verify PACK checks it against its "
                                            "header's checksums")
-    data.add_argument("dataset", metavar="DATASET")
+    data.add_argument("dataset", metavar="DATASET", help="a data set (mnist, fashion-mnist, cifar10, cifar100, "
+                      "svhn, folder), or pack, or verify")
     data.add_argument("packed", metavar="PACKED_DATASET", nargs="?", help=argparse.SUPPRESS)
-    data.add_argument("--root")
+    data.add_argument("--root", help="where the data set lies (default: ./data)")
     data.add_argument("--download", action="store_true", help="fetch it with torchvision (checksummed)")
     data.add_argument("--out", metavar="PACK", help="nin data pack: the pack's folder (new, or a stopped pack's)")
     data.add_argument("--image-size", type=int, help="nin data pack: pixels a side (default: the data set's own; "
@@ -125,19 +131,19 @@ def get_parser() -> argparse.ArgumentParser:
 
     visualize = commands.add_parser("visualize", help="category confidence maps of images, the paper's figure 4 "
                                     "(one PNG per image)")
-    visualize.add_argument("checkpoint", metavar="CHECKPOINT")
-    visualize.add_argument("images", nargs="+", metavar="IMAGE")
+    visualize.add_argument("checkpoint", metavar="CHECKPOINT", help=MODEL_HELP)
+    visualize.add_argument("images", nargs="+", metavar="IMAGE", help="the images to map")
     visualize.add_argument("--out", default="visualizations", metavar="DIR",
                            help="where the PNGs go, one per image, named after it (default: ./visualizations)")
     visualize.add_argument("--label", metavar="CLASS", help="the images' true class (default: an image's folder "
                            "name when it is a class name, as in an image-folder data set)")
     visualize.add_argument("--max-maps", type=int, default=10, metavar="N",
                            help="with more classes than N, show the N most probable (default 10)")
-    visualize.add_argument("--device", default="auto")
+    visualize.add_argument("--device", default="auto", help=DEVICE_HELP)
     visualize.set_defaults(handler=cmd_visualize)
 
     plot = commands.add_parser("plot", help="learning curves of a run (loss, accuracy, learning rate) as a PNG")
-    plot.add_argument("run", metavar="RUN_DIR")
+    plot.add_argument("run", metavar="RUN_DIR", help="a run folder (or its metrics.csv)")
     plot.add_argument("--out", metavar="PNG", help="default: RUN_DIR/curves.png")
     plot.set_defaults(handler=cmd_plot)
 
@@ -147,8 +153,10 @@ def get_parser() -> argparse.ArgumentParser:
                            "paper's comparisons: writes paper-claims.md too), "
                            "a group (table1..table5, sec4.6, fig3) or a row")
     reproduce.add_argument("--list", action="store_true", help="print every row with its paper number")
-    reproduce.add_argument("--seeds", type=int, default=1)
-    reproduce.add_argument("--out", default="reproduce", help="where the runs and results.md go")
+    reproduce.add_argument("--seeds", type=int, default=1, metavar="N", help="train each row N times, with seeds "
+                           "0..N-1, for a mean and a spread (default 1)")
+    reproduce.add_argument("--out", default="reproduce", help="where the runs and results.md go (default: "
+                           "./reproduce)")
     add_arguments(reproduce, only=REPRODUCE_FIELDS)  # where and how long the rows run, not what they are
     reproduce.set_defaults(handler=cmd_reproduce)
 
@@ -189,6 +197,7 @@ def cmd_eval(args) -> int:
     if args.checkpoint is None and args.weights is None:
         args.command_parser.error("the following arguments are required: RUN_DIR_OR_CHECKPOINT (or --weights NAME)")
     trained = load_trained(_model_path(args.checkpoint, args.weights), resolve_device(args.device))
+    seen = _seen(trained, args)
     metrics = evaluate_trained(trained, args.dataset, args.root, args.split, topk=(1, args.topk), tta=args.tta or "",
                                amp=args.amp)
     metrics.setdefault("tta", False)
@@ -198,12 +207,26 @@ def cmd_eval(args) -> int:
         metrics["report"] = {name: str(path) for name, path in files.items()}
     if args.json:
         print(metrics_json(metrics))
-        return 0
-    print(format_report(metrics, args.split))
-    print(format_pairs(metrics["confused_pairs"]))
-    if args.report:
-        print(f"report: {', '.join(metrics['report'].values())}")
+    else:
+        print(format_report(metrics, args.split))
+        print(format_pairs(metrics["confused_pairs"]))
+        if args.report:
+            print(f"report: {', '.join(metrics['report'].values())}")
+    if seen:  # after the numbers, as library warnings are: a failed evaluation stays one line
+        print(f"nin: warning: {seen}", file=sys.stderr)
     return 0
+
+
+def _seen(trained, args) -> str | None:
+    """Scoring a model on images it learnt from: refused for val (which promises held-out images); for a
+    training split (whose accuracy is asked for on purpose, to compare with the test split's) the warning
+    to print."""
+    from .inference import seen_in_training
+
+    seen = seen_in_training(trained, args.dataset, args.root, args.split)
+    if seen and args.split == "val":
+        raise NinError(f"--split val: {seen}; evaluate on --split test")
+    return seen
 
 
 def cmd_convert(args) -> int:
@@ -271,12 +294,17 @@ def cmd_predict(args) -> int:
     trained = load_trained(_model_path(checkpoint, args.weights), resolve_device(args.device))
     results = predict_files(trained, images, args.topk, amp=args.amp)
     if args.json:
-        print(json.dumps(list(results)))
+        print(json.dumps(list(results), allow_nan=False))  # predict_files refuses what is not a number
         return 0
     for result in results:  # printed as they come: a long list of files shows progress
-        ranked = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in result["top"])
-        print(f"{result['image']}: {ranked}", flush=True)
+        ranked = ", ".join(f"{_printable(t['class'])} {100 * t['probability']:.1f}%" for t in result["top"])
+        print(f"{_printable(result['image'])}: {ranked}", flush=True)
     return 0
+
+
+def _printable(text: str) -> str:
+    """One line per image: a newline (or another control character) in a file or class name is escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def _model_path(checkpoint: str | None, weights: str | None):

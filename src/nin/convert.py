@@ -169,9 +169,14 @@ def _state_dict(path) -> dict:
     return state
 
 
+MAX_VALUES = 10 ** 8  # values in one tensor: NIN-ImageNet's largest layer holds 3.5 million
+
+
 def _conv_pairs(state: dict, path) -> list[tuple[str, list[np.ndarray]]]:
     """(layer name, [weight, bias]) in the file's order: every NIN layer is a convolution with a bias."""
     tensors = [(name, tensor) for name, tensor in state.items() if tensor.is_floating_point()]
+    for name, tensor in tensors:
+        _check_tensor(name, tensor, path)
     pairs = []
     for (name, weight), (_, bias) in zip(tensors[::2], tensors[1::2]):
         if weight.dim() != 4 or bias.dim() != 1:
@@ -181,6 +186,21 @@ def _conv_pairs(state: dict, path) -> list[tuple[str, list[np.ndarray]]]:
     if len(tensors) % 2:
         raise NinError(f"{path}: {len(tensors)} tensors do not pair into convolution weights and biases")
     return pairs
+
+
+def _check_tensor(name: str, tensor: torch.Tensor, path) -> None:
+    """A tensor whose values are all there, in memory, as plain numbers (checked before any is copied)."""
+    problem = None
+    if tensor.is_meta:
+        problem = "is a meta tensor: it has a shape but no values"
+    elif tensor.layout != torch.strided:
+        problem = f"is a {str(tensor.layout).replace('torch.', '')} tensor; weights are dense"
+    elif tensor.numel() > MAX_VALUES:
+        problem = f"has shape {tuple(tensor.shape)}, {tensor.numel():.3g} values: far more than a NIN layer holds"
+    elif not bool(torch.isfinite(tensor).all()):
+        problem = "holds NaN or infinite values"
+    if problem:
+        raise NinError(f"{path}: {name} {problem}: not the weights of a NIN port")
 
 
 def _recognise(weighted: list, path) -> Original:
@@ -243,6 +263,9 @@ def _copy_blobs(weighted: list[tuple[str, list[np.ndarray]]], model: nn.Module, 
     for (name, blobs), conv in zip(weighted, convs):
         if len(blobs) != 2:
             raise NinError(f"{path}: layer {name!r} has {len(blobs)} blobs, expected a weight and a bias")
+        if not all(np.isfinite(blob).all() for blob in blobs):
+            raise NinError(f"{path}: layer {name!r} holds NaN or infinite weights: a model with them predicts "
+                           "nothing")
         for blob, target in zip(blobs, (conv.weight, conv.bias)):
             target.data = torch.from_numpy(_fit_shape(blob, tuple(target.shape), name, path)).clone()
 

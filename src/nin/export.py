@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -96,27 +99,106 @@ def export_model(model: nn.Module, info: ModelInfo, file_format: str, out: str |
     model_path, json_path = export_paths(out, file_format)
     _refuse_foreign_json(json_path, file_format)
     model = model.cpu().eval()
-    config = info.to_json(file_format, model_path.name)
-    text = json.dumps(config, indent=2) + "\n"
-    diff = None
-    try:
-        model_path.parent.mkdir(parents=True, exist_ok=True)
+    _refuse_non_finite(model, info)
+    text = json.dumps(info.to_json(file_format, model_path.name), indent=2) + "\n"
+    wrapper = None if file_format == "safetensors" else WithPreprocessing(model, info.normalize()).eval()
+
+    def write_model(path: Path) -> float | None:
+        """The model file at ``path``, and for ONNX and TorchScript the largest difference read back."""
         if file_format == "safetensors":
-            _write_safetensors(model, info, text, model_path)
-        elif file_format == "onnx":
-            wrapper = WithPreprocessing(model, info.normalize()).eval()
-            _write_onnx(wrapper, info, text, model_path)
-            diff = check_onnx(model_path, wrapper, info) if check else None
+            _save(model_path, lambda: _write_safetensors(model, info, text, path))
+            return None
+        if file_format == "onnx":
+            program = _onnx_program(wrapper, info, text)
+            _save(model_path, lambda: program.save(str(path)))
+            diff = check_onnx(path, wrapper, info) if check else None
         else:
-            wrapper = WithPreprocessing(model, info.normalize()).eval()
-            _write_torchscript(wrapper, info, text, model_path)
-            diff = check_torchscript(model_path, wrapper, info) if check else None
-        json_path.write_text(text)
-    except OSError as error:
-        raise NinError(f"cannot write {error.filename or model_path}: {error.strerror or error}") from None
-    if diff is not None and diff > 1e-3:
-        raise NinError(f"the {file_format} export of {info.name} differs from the PyTorch model by {diff:.3g}")
+            traced = _traced(wrapper, info)
+            _save(model_path, lambda: torch.jit.save(traced, str(path), _extra_files={f"{JSON_KEY}.json": text}))
+            diff = check_torchscript(path, wrapper, info) if check else None
+        if diff is not None and diff > 1e-3:
+            raise NinError(f"the {file_format} export of {info.name} differs from the PyTorch model by {diff:.3g}")
+        return diff
+
+    diff = _write_pair(model_path, json_path, write_model, text)
     return {"model": model_path, "config": json_path, "max_abs_diff": diff}
+
+
+def _write_pair(model_path: Path, json_path: Path, write_model, text: str) -> float | None:
+    """Both files or neither: each is written to a temporary file beside it, and both are renamed into place
+    once both are whole. A failure (a full disk, a read-only folder) leaves neither, nor a folder made here.
+    The files get the mode the umask gives (safetensors alone would write 0600)."""
+    for path in (model_path, json_path):
+        if path.is_dir():
+            raise NinError(f"cannot write {path}: a folder is in the way; pick another --out")
+    made = _make_folder(model_path.parent)
+    temps = [path.with_name(f".{path.name}.{os.getpid()}.tmp") for path in (model_path, json_path)]
+    try:
+        diff = write_model(temps[0])
+        _save(json_path, lambda: _write_text(temps[1], text))
+        for temp, path in zip(temps, (model_path, json_path)):
+            _save(path, lambda: (os.chmod(temp, 0o666 & ~_umask()), os.replace(temp, path)))
+    except BaseException:
+        for temp in temps:
+            temp.unlink(missing_ok=True)
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+    return diff
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w") as stream:
+        stream.write(text)
+        stream.flush()
+        os.fsync(stream.fileno())  # a full disk shows here, not after the rename
+
+
+def _make_folder(folder: Path) -> Path | None:
+    """``folder`` made if missing; returns the topmost folder made (None: it was there)."""
+    missing = [f for f in (folder, *folder.parents) if not f.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise NinError(f"cannot write {folder}: {error.strerror or error}") from None
+    return missing[-1] if missing else None
+
+
+def _save(target: Path, write) -> None:
+    """Run ``write``; an I/O failure is one line naming ``target`` (the file the user asked for)."""
+    from safetensors import SafetensorError
+
+    try:
+        write()
+    except OSError as error:
+        raise NinError(f"cannot write {target}: {error.strerror or error}") from None
+    except (SafetensorError, RuntimeError) as error:  # safetensors and torch.jit report I/O errors so
+        raise NinError(f"cannot write {target}: {_io_reason(error)}") from None
+
+
+def _io_reason(error: Exception) -> str:
+    """'No space left on device' out of safetensors' 'Error while serializing: I/O error: ... (os error 28)'."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    found = re.search(r"(?:I/O error|IoError)[:(]\s*(.*?)\s*\(os error \d+\)", text)
+    return found.group(1) if found else text
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _refuse_non_finite(model: nn.Module, info: ModelInfo) -> None:
+    """NaN or infinite weights would predict nan% for every class: refused, naming the first such tensor."""
+    standardize = {"normalization mean": info.mean, "normalization std": info.std}
+    for name, values in standardize.items():
+        if values is not None and not all(math.isfinite(v) for v in values):
+            raise NinError(f"the {name} {values} holds NaN or infinite values; nothing was written")
+    for name, tensor in [*model.state_dict().items(), *info.tensors().items()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise NinError(f"the weights hold NaN or infinite values ({name}): a model with them predicts "
+                           "nothing; nothing was written")
 
 
 def _refuse_foreign_json(json_path: Path, file_format: str) -> None:
@@ -155,7 +237,7 @@ def _write_safetensors(model: nn.Module, info: ModelInfo, config_text: str, path
     save_file(tensors, str(path), metadata={"format": "pt", JSON_KEY: config_text})
 
 
-def _write_onnx(wrapper: nn.Module, info: ModelInfo, config_text: str, path: Path, batch: int = 2) -> None:
+def _onnx_program(wrapper: nn.Module, info: ModelInfo, config_text: str, batch: int = 2):
     """torch.onnx's default (dynamo, torch.export-based) exporter, with a dynamic batch axis."""
     for module in ("onnx", "onnxscript"):
         try:
@@ -169,13 +251,12 @@ def _write_onnx(wrapper: nn.Module, info: ModelInfo, config_text: str, path: Pat
     program.model.metadata_props[JSON_KEY] = config_text
     program.model.doc_string = (f"nin {info.name}: uint8 NCHW images (batch, {info.channels}, {info.size}, "
                                 f"{info.size}), 0..255 -> logits (batch, {info.num_classes})")
-    program.save(str(path))
+    return program
 
 
-def _write_torchscript(wrapper: nn.Module, info: ModelInfo, config_text: str, path: Path, batch: int = 2) -> None:
+def _traced(wrapper: nn.Module, info: ModelInfo, batch: int = 2):
     with _quiet(), torch.no_grad():
-        traced = torch.jit.trace(wrapper, _example(info, batch))
-        torch.jit.save(traced, str(path), _extra_files={f"{JSON_KEY}.json": config_text})
+        return torch.jit.trace(wrapper, _example(info, batch))
 
 
 @contextlib.contextmanager

@@ -1,6 +1,8 @@
 """A trained model back from its checkpoint, ready to evaluate and predict with what training applied."""
 from __future__ import annotations
 
+import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,7 @@ class Trained:
     config: dict
     name: str = ""  # the model variant and the arguments that rebuild it (for exports)
     kwargs: dict = field(default_factory=dict)
+    training: dict | None = None  # the images it learnt from (ModelInfo.training, and the run's root); None: unknown
 
     @property
     def device(self) -> torch.device:
@@ -36,27 +39,102 @@ class Trained:
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Trained:
     """A run folder, a checkpoint, or a ``nin export``/``nin convert`` safetensors file (or its JSON)."""
+    _refuse_other_exports(Path(path).expanduser())
     if Path(path).suffix in (".safetensors", ".json"):
         return _trained_from_export(path, device)
     state = load_checkpoint(path)
+    size, channels, dataset = _checked_input(state["input"], path)
     try:
         model = create_model(state["model_name"], **state["model_kwargs"])
         model.load_state_dict(state.get("ema_model", state["model"]))  # a run with --ema: its average
-    except (KeyError, RuntimeError) as error:
+    except (KeyError, RuntimeError, TypeError, ValueError) as error:
         raise NinError(f"{path}: the weights do not fit model {state.get('model_name')!r} "
                        f"({str(error).splitlines()[0]})") from None
     model.to(device).eval()
-    norm = state["normalization"]
-    return Trained(model, list(state["classes"]), preprocess_from_state(norm), state["input"]["size"],
-                   state["input"]["channels"], state["input"]["dataset"], state["config"],
-                   state["model_name"], dict(state["model_kwargs"]))
+    try:
+        normalize = preprocess_from_state(state["normalization"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise NinError(f"{path} is a damaged checkpoint: its preprocessing does not rebuild ({error})") from None
+    _check_model(model, normalize, channels, size, f"{path} is a damaged checkpoint")
+    config = state["config"] if isinstance(state["config"], dict) else {}
+    training = {"dataset": dataset, "splits": str(config.get("train_split") or "train"),
+                "val_held_out": config.get("eval_split") == "val", "root": config.get("root") or None}
+    return Trained(model, list(state["classes"]), normalize, size, channels, dataset, config,
+                   state["model_name"], dict(state["model_kwargs"]), training)
+
+
+def _checked_input(given, path) -> tuple[int, int, str]:
+    """The checkpoint's input (size, channels, data set), each of a kind a model can take."""
+    problem = None
+    if not isinstance(given, dict) or not {"size", "channels", "dataset"} <= set(given):
+        problem = f"its input record {given!r} lacks size, channels or dataset"
+    elif type(given["size"]) is not int or not 1 <= given["size"] <= 4096:
+        problem = f"its input size {given['size']!r} is not a size in pixels"
+    elif given["channels"] not in (1, 3) or type(given["channels"]) is not int:
+        problem = f"its input has {given['channels']!r} channels (1 or 3 expected)"
+    elif not isinstance(given["dataset"], str):
+        problem = f"its data set {given['dataset']!r} is not a name"
+    if problem:
+        raise NinError(f"{path} is a damaged checkpoint: {problem}")
+    return given["size"], given["channels"], given["dataset"]
+
+
+def _check_model(model: NIN, normalize, channels: int, size: int, damaged: str) -> None:
+    """The preprocessing keeps the images' shape, the first layer reads that many channels, and every weight
+    is a number: else a damaged file would fail in the middle of a prediction (or predict nan%)."""
+    first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    if first is not None and first.in_channels != channels:
+        raise NinError(f"{damaged}: its model reads {first.in_channels} channels, its input has {channels}")
+    try:
+        black = normalize(torch.zeros(1, channels, size, size, dtype=torch.uint8))
+    except (RuntimeError, ValueError) as error:
+        raise NinError(f"{damaged}: its preprocessing does not take {channels}-channel images of {size} pixels "
+                       f"({str(error).splitlines()[0]})") from None
+    if tuple(black.shape) != (1, channels, size, size):
+        raise NinError(f"{damaged}: its preprocessing turns {channels}-channel images into {tuple(black.shape[1:])}")
+    if not bool(torch.isfinite(black).all()):
+        raise NinError(f"{damaged}: its preprocessing gives NaN or infinite values (a standard deviation of 0?)")
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise NinError(f"{damaged}: its weights hold NaN or infinite values ({name})")
+
+
+# What nin eval, predict, export and visualize read, for the message that names another kind of file
+READS = "a run folder, a checkpoint (.pt) or a safetensors export (nin export's default, with its JSON)"
+
+
+def _refuse_other_exports(path: Path) -> None:
+    """ONNX and TorchScript exports run elsewhere (onnxruntime, torch.jit.load): say so, and what is read here."""
+    kind = None
+    if path.suffix == ".onnx":
+        kind = "an ONNX export"
+    elif path.name.endswith(".torchscript.pt") or path.suffix == ".pt" and _is_torchscript(path):
+        kind = "a TorchScript export"
+    elif path.suffix == ".json" and path.is_file():
+        try:
+            described = json.loads(path.read_text()).get("file_format")
+        except (OSError, ValueError, AttributeError):
+            described = None
+        kind = {"onnx": "the JSON of an ONNX export", "torchscript": "the JSON of a TorchScript export"}.get(described)
+    if kind:
+        raise NinError(f"{path} is {kind}, for onnxruntime or torch.jit.load (uint8 pixels in, logits out); "
+                       f"nin reads {READS}: give the run, or nin export RUN --format safetensors")
+
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
 
 
 def _trained_from_export(path: str | Path, device) -> Trained:
     model = load(path, device)
     info = model.info
+    _check_model(model, info.normalize(), info.channels, info.size, f"{path} is a damaged export")
     return Trained(model, list(info.classes), info.normalize(), info.size, info.channels, info.dataset, {},
-                   info.name, dict(info.kwargs))
+                   info.name, dict(info.kwargs), info.training)
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> NIN:
@@ -107,6 +185,29 @@ def evaluate_trained(trained: Trained, dataset: str | None = None, root: str | N
                     amp=use_bf16(amp, trained.device))
 
 
+def seen_in_training(trained: Trained, dataset: str | None, root: str | None, split: str) -> str | None:
+    """Why the images of ``split`` are ones the model learnt from, or None (they are not, or it is unknown)."""
+    learnt = trained.training
+    name = dataset or trained.dataset
+    if not learnt or name != learnt["dataset"]:
+        return None
+    if dataset_info(name).size is None:  # an image folder: the same one only where both roots are known
+        given = root if root is not None else learnt.get("root") if dataset is None else None
+        if not given or not learnt.get("root") or _place(given) != _place(learnt["root"]):
+            return None
+    title = dataset_info(name).title
+    if split == "val" and not learnt["val_held_out"]:
+        return (f"the model was trained on every image of {title}'s {learnt['splits']} split, the val images "
+                "included: its accuracy on them says nothing about new images")
+    if split in learnt["splits"].split("+"):
+        return f"the model was trained on {title}'s {split} split: these are the images it learnt from"
+    return None
+
+
+def _place(root: str) -> Path:
+    return Path(root).expanduser().resolve()
+
+
 def _load_split(trained: Trained, name: str, root, split: str):
     """One split; ``val`` is the paper's validation split, held out of the training split(s) the run used."""
     parts = (trained.config.get("train_split") or "train") if name == trained.dataset else "train"
@@ -136,6 +237,9 @@ def predict_files(trained: Trained, paths: list[str], topk: int = 5, amp: str = 
             images = torch.stack([load_image(p, trained.size, trained.channels) for p in batch]).to(trained.device)
             logits = trained.model(trained.normalize(images)).float()
             values, indices = logits.softmax(dim=1).topk(k, dim=1)
+        if not bool(torch.isfinite(values).all()):  # finite weights can still overflow: never print nan%
+            raise NinError(f"the model's outputs for {batch[int((~torch.isfinite(values)).any(1).nonzero()[0])]} "
+                           "are not numbers (its activations overflow): it cannot rank the classes")
         for path, vals, idxs in zip(batch, values.tolist(), indices.tolist()):
             yield {"image": str(path), "top": [{"class": trained.classes[i], "probability": v}
                                                for v, i in zip(vals, idxs)]}

@@ -33,6 +33,9 @@ CLAIMS = (
 )
 
 
+MAX_SEEDS = 100  # runs per row: more is a typo (the runs are planned, and their folders named, up front)
+
+
 def paper_rows() -> dict[str, Recipe]:
     """Every recipe that reproduces a row of the paper, by name, in the paper's order."""
     return dict(_shipped_rows()[0])
@@ -115,8 +118,8 @@ def reproduce(target: str, *, seeds: int = 1, out: str | Path = "reproduce", ove
               log=print) -> Path:
     """Train every row of ``target`` with ``seeds`` seeds; returns the path of ``results.md``. Run again
     with the same ``out``, it reuses the runs there: finished ones are read, a stopped one continues."""
-    if seeds < 1:
-        raise NinError(f"--seeds must be 1 or more, got {seeds}")
+    if not 1 <= seeds <= MAX_SEEDS:
+        raise NinError(f"--seeds must be 1 to {MAX_SEEDS}, got {seeds}")
     out, overrides = Path(out), dict(overrides or {})
     rows = select_rows(target)
     plans = {row: [validate(row_config(row, seed, out, overrides)) for seed in range(seeds)] for row in rows}
