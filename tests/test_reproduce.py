@@ -124,7 +124,8 @@ def test_claims_runs_the_rows_of_the_papers_comparisons_and_writes_their_verdict
     claims = [line for line in lines if line.startswith(("| Table 5", "| Section 4.6", "| Figure 3"))]
     assert len(claims) == 3 and all(line.count(" | ") == 5 for line in claims)
     assert "| table5-gap < table5-fc-dropout < table5-fc | 10.41% < 10.88% < 11.59% |" in claims[0]
-    assert all(("holds by" in line or "reversed by" in line) and "| 1 |" in line for line in claims)
+    assert all(any(word in line for word in ("holds by", "reversed by", "a tie")) and "| 1 |" in line
+               for line in claims)  # 8 test images: equal errors are likely
     said = next(line for line in lines if line.startswith("settings changed from the recipes: "))
     assert "dataset=fashion-mnist" in said and "epochs=1" in said and "width=0.25" in said
     assert (f"command: `nin reproduce claims --seeds 1 --out {tmp_path} --dataset fashion-mnist --device cpu --epochs 1 "
