@@ -178,3 +178,10 @@ def test_a_bad_override_is_named_with_its_own_choices_before_the_data_is_looked_
 def test_a_claim_whose_rows_have_equal_errors_is_a_tie_not_a_reversal():
     verdict = _verdict(("a", "b", "c"), [(10.0, 0.0), (10.001, 0.0), (12.0, 0.0)], seeds=1)
     assert verdict.startswith("a < b: a tie") and "reversed" not in verdict and "b < c: holds by 2.00" in verdict
+
+
+@pytest.mark.parametrize("flags", [["--dataset", "folder"], ["--dataset", "fashion-mnist", "--width", "17"]],
+                         ids=["folder-without-root", "width-17"])
+def test_a_refused_reproduction_leaves_no_row_folders(flags, fashion_mnist_root, tmp_path, capsys):
+    assert main(["reproduce", "claims", *flags, "--out", str(tmp_path / "out"), *TINY]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
