@@ -346,7 +346,8 @@ def test_a_checkpoint_with_the_right_marker_but_damaged_contents_is_one_line(tin
 
 def test_images_too_large_for_the_memory_and_the_disk_are_refused_before_they_are_decoded(
         tmp_path, capsys, folder_data, monkeypatch):
-    monkeypatch.setattr("nin.hardware.free_memory", lambda device: 50_000)  # a machine with 50 kB free
+    monkeypatch.setattr("nin.hardware.free_memory", lambda device: 2 ** 30)  # a training step fits,
+    monkeypatch.setattr("nin.data.datasets.HELD_BYTES_PER_PIXEL", 10 ** 9)  # the images held in memory do not
     monkeypatch.setattr("nin.data.pack._free_disk", lambda folder: 100_000)  # and 100 kB of disk
     monkeypatch.setenv("NIN_CACHE_DIR", str(tmp_path / "cache"))
     code, _, err = run_cli(["train", "--dataset", "folder", "--root", folder_data, *FAST, "--image-size", "64",
@@ -361,6 +362,26 @@ def test_a_batch_too_large_for_the_memory_is_refused_before_training(tmp_path, c
                             "--out", tmp_path / "run"], capsys)
     assert_one_line_error(code, err, "training nin_cifar10 on batches of 4 images of 32 pixels needs about")
     assert "lower --batch-size or --image-size" in err and not (tmp_path / "run").exists()
+
+
+def test_images_too_large_for_a_training_step_are_refused_before_one_is_decoded(tmp_path, capsys, folder_data,
+                                                                               monkeypatch):
+    """A14: a step's memory follows from the image shape and the batch; at 3000 pixels a side the run was refused
+    only after every image had been decoded at that size (into memory, or packed into the cache)."""
+    monkeypatch.setattr("nin.hardware.free_memory", lambda device: 2 * 2 ** 30)  # the 12 images fit (1.6 GB)
+    monkeypatch.setattr("nin.data.images.load_image", lambda *_: pytest.fail("an image was decoded"))
+    monkeypatch.setenv("NIN_CACHE_DIR", str(tmp_path / "cache"))
+    code, _, err = run_cli(["train", "--dataset", "folder", "--root", folder_data, "--epochs", "1", *QUIET,
+                            "--image-size", "3000", "--out", tmp_path / "run"], capsys)
+    assert_one_line_error(code, err, "on batches of 12 images of 3000 pixels needs about")
+    assert not list((tmp_path / "cache").rglob("*.*")) and not (tmp_path / "run").exists()
+
+
+def test_a_dangling_link_among_the_training_images_is_one_line(tmp_path, capsys, folder_data):
+    (folder_data / "train" / "blue" / "gone.png").symlink_to(tmp_path / "moved-away.png")
+    code, _, err = run_cli(["train", "--dataset", "folder", "--root", folder_data, *FAST, "--out", tmp_path / "run"],
+                           capsys)
+    assert_one_line_error(code, err, "gone.png is a link to")
 
 
 def test_a_100_megapixel_image_is_read_and_the_size_limit_is_one_line(tiny_run, tmp_path, capsys, monkeypatch):

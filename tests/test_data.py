@@ -427,6 +427,29 @@ def test_load_image_of_a_non_image_raises(tmp_path):
         load_image(tmp_path / "missing.png", 8, 3)
 
 
+def test_load_image_turns_a_photo_upright_by_its_exif_orientation(tmp_path):
+    """Q01: a phone stores a photo as its sensor saw it, with the turn to make in EXIF (orientation 8: a turn of
+    90 degrees to the left); every viewer shows it upright, and so must training, packing and predict."""
+    stored = np.zeros((8, 16), dtype=np.uint8)
+    stored[:4] = 255  # stored: white above, black below; shown: white on the left
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    for name in ("train/a/photo.png", "train/a/plain.png", "train/b/photo.png", "train/b/plain.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(stored).save(tmp_path / name, exif=exif if "photo" in name else None)
+    shown = load_image(tmp_path / "train/a/photo.png", 8, 1)[0].float()
+    assert shown[:, 0].min() > 200 and shown[:, -1].max() < 50, shown
+    images = load_dataset("folder", tmp_path, "train", image_size=8, channels=1, cache=False).images  # training's
+    assert torch.equal(images[0], shown[None].to(torch.uint8))  # a/photo.png
+    assert images[1][0, 0].min() > 200 and images[1][0, -1].max() < 50  # a/plain.png, read as stored
+
+
+def test_load_image_of_a_dangling_link_says_where_it_points(tmp_path):
+    (tmp_path / "gone.png").symlink_to(tmp_path / "moved-away.png")
+    with pytest.raises(NinError, match="gone.png is a link to .*moved-away.png, which does not exist"):
+        load_image(tmp_path / "gone.png", 8, 3)
+
+
 # --- cache ------------------------------------------------------------------------------------------
 
 def test_second_load_reads_the_cache(tmp_path, cache, monkeypatch):

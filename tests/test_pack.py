@@ -3,6 +3,7 @@ stopped part-way, unreadable images, and the one-line refusals."""
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 
 import numpy as np
@@ -15,7 +16,7 @@ from nin.data import load_dataset
 from nin.data import pack as packing
 from nin.data.pack import write_pack
 from nin.data.packed import PackedImages
-from nin.errors import NinError
+from nin.errors import Interrupted, NinError
 from nin.train import fit
 from tiny_run import write_folder_dataset
 
@@ -86,8 +87,9 @@ def test_nin_train_and_eval_take_a_pack_as_root(packed, tmp_path, capsys):
     assert code == 0 and "test accuracy" in out, err
 
 
-def test_a_pack_stopped_part_way_resumes_to_the_same_files(folder, tmp_path, monkeypatch):
-    whole = write_pack("folder", folder, tmp_path / "whole", image_size=16, log=lambda _: None)
+def interrupt_after_two_chunks(monkeypatch):
+    """Packing in chunks of 4 images, SIGINT (KeyboardInterrupt) comes as the third is read; undone by the
+    returned function."""
     monkeypatch.setattr(packing, "CHUNK", 4)
     real_source = packing._source
 
@@ -103,11 +105,17 @@ def test_a_pack_stopped_part_way_resumes_to_the_same_files(folder, tmp_path, mon
         source.read = read_twice
         return source
     monkeypatch.setattr(packing, "_source", failing_after_two_chunks)
-    with pytest.raises(KeyboardInterrupt):
+    return lambda: monkeypatch.setattr(packing, "_source", real_source)
+
+
+def test_a_pack_stopped_part_way_resumes_to_the_same_files(folder, tmp_path, monkeypatch):
+    whole = write_pack("folder", folder, tmp_path / "whole", image_size=16, log=lambda _: None)
+    undo = interrupt_after_two_chunks(monkeypatch)
+    with pytest.raises(Interrupted, match="the same command resumes the pack"):
         write_pack("folder", folder, tmp_path / "stopped", image_size=16, log=lambda _: None)
     progress = json.loads((tmp_path / "stopped" / "train.progress.json").read_text())
     assert progress["next"] == 8 and not (tmp_path / "stopped" / "train.images").exists()
-    monkeypatch.setattr(packing, "_source", real_source)
+    undo()
     write_pack("folder", folder, tmp_path / "stopped", image_size=16, log=lambda _: None)
     for name in ("train.images", "train.labels", "test.images", "test.labels", "pack.json"):
         assert (tmp_path / "stopped" / name).read_bytes() == (whole / name).read_bytes()
@@ -245,3 +253,154 @@ def test_a_data_set_too_large_for_the_memory_is_packed_into_the_cache_and_traine
     assert code == 0 and "17 images of 3x16x16" in out, err
     renewed = sorted((tmp_path / "cache" / "packs").glob("folder-*"))
     assert len(renewed) == 2 and renewed[0] == packs[0] and renewed[1] != packs[1]
+
+
+def test_sigint_during_nin_data_pack_says_that_the_same_command_resumes(folder, tmp_path, capsys, monkeypatch):
+    interrupt_after_two_chunks(monkeypatch)
+    code, _, err = run_cli(["data", "pack", "folder", "--root", folder, "--out", tmp_path / "p", "--image-size", "16"],
+                           capsys)
+    assert code == 75 and "the same command resumes the pack in" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_resumed_pack_checks_the_files_it_already_packed(folder, tmp_path, monkeypatch):
+    """P49: stopped after 8 train images, then images moved between class folders (the count unchanged): the
+    resumed pack is the folder as it is now, not 8 rows of the old one and the rest of the new one."""
+    undo = interrupt_after_two_chunks(monkeypatch)
+    with pytest.raises(Interrupted):
+        write_pack("folder", folder, tmp_path / "stopped", image_size=16, log=lambda _: None)
+    undo()
+    (folder / "train" / "blue" / "0.png").rename(folder / "train" / "red" / "from-blue.png")
+    (folder / "train" / "red" / "1.png").rename(folder / "train" / "blue" / "from-red.png")
+    said = []
+    write_pack("folder", folder, tmp_path / "stopped", image_size=16, log=said.append)
+    assert any("the images have changed since the pack stopped" in line for line in said)
+    fresh = write_pack("folder", folder, tmp_path / "fresh", image_size=16, log=lambda _: None)
+    for name in ("train.images", "train.labels", "test.images", "test.labels"):
+        assert (tmp_path / "stopped" / name).read_bytes() == (fresh / name).read_bytes(), name
+    (folder / "train" / "green" / "2.png").rename(folder / "train" / "blue" / "from-green.png")  # after it is complete
+    with pytest.raises(NinError, match="the train images have changed since .* packed them .*: pack them into a new"):
+        write_pack("folder", folder, tmp_path / "stopped", image_size=16, log=lambda _: None)
+
+
+def test_nin_data_verify_finds_a_changed_label(packed, tmp_path, capsys):
+    changed = shutil.copytree(packed, tmp_path / "changed")
+    labels = np.fromfile(changed / "train.labels", dtype="<i8")
+    labels[0] = (labels[0] + 1) % 3  # another valid class: only a hash of the labels sees it
+    labels.tofile(changed / "train.labels")
+    code, _, err = run_cli(["data", "verify", changed], capsys)
+    assert code == 2 and "train.labels does not match its SHA-256" in err and len(err.strip().splitlines()) == 1, err
+
+
+def _stopped_by_a_bad_image(folder, out, monkeypatch):
+    monkeypatch.setattr(packing, "CHUNK", 4)
+    (folder / "train" / "blue" / "5.png").write_bytes(b"not a png")  # the 6th image: in the second chunk
+    with pytest.raises(NinError, match="5.png is not a readable image"):
+        write_pack("folder", folder, out, image_size=16, log=lambda _: None)
+
+
+def _stopped_by_sigint(folder, out, monkeypatch):
+    interrupt_after_two_chunks(monkeypatch)
+    with pytest.raises(Interrupted):
+        write_pack("folder", folder, out, image_size=16, log=lambda _: None)
+
+
+def _left_empty_by_a_refused_pack(folder, out, monkeypatch):  # as nin did before refusals left nothing behind
+    out.mkdir()
+    header = {"format": "nin-pack", "version": 1, "dataset": "folder", "root": str(folder.resolve()),
+              "shape": [3, 16, 16], "classes": None, "splits": {}}
+    (out / "pack.json").write_text(json.dumps(header))
+
+
+def _without_its_test_split(folder, out, monkeypatch):
+    write_pack("folder", folder, out, image_size=16, log=lambda _: None)
+    header = json.loads((out / "pack.json").read_text())
+    del header["splits"]["test"]
+    (out / "pack.json").write_text(json.dumps(header))
+
+
+@pytest.mark.parametrize("make, message", [
+    (_stopped_by_a_bad_image, "its train split was stopped part-way (none packed)"),
+    (_stopped_by_sigint, "its train split was stopped part-way (none packed)"),
+    (_left_empty_by_a_refused_pack, "its train split is missing (none packed)"),
+    (_without_its_test_split, "its test split is missing (train packed)"),
+], ids=["bad-image", "sigint", "empty", "no-test-split"])
+def test_nin_data_verify_refuses_a_pack_that_is_not_complete(folder, tmp_path, capsys, monkeypatch, make, message):
+    out = tmp_path / "pack"
+    make(folder, out, monkeypatch)
+    code, _, err = run_cli(["data", "verify", out], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"is not a complete pack: {message}; finish it with nin data pack folder --root {folder.resolve()} " \
+           f"--out {out} --image-size 16" in err
+
+
+def _one_class(tmp_path):
+    root = write_folder_dataset(tmp_path / "data")
+    for name in ("blue", "green"):
+        shutil.rmtree(root / "train" / name)
+    return ["folder", "--root", root]
+
+
+def _more_test_than_train_classes(tmp_path):
+    root = write_folder_dataset(tmp_path / "data")
+    shutil.copytree(root / "test" / "red", root / "test" / "yellow")
+    return ["folder", "--root", root]
+
+
+def _the_pack_as_root(tmp_path):
+    pack = write_pack("folder", write_folder_dataset(tmp_path / "data"), tmp_path / "made", image_size=16,
+                      log=lambda _: None)
+    return ["folder", "--root", pack]
+
+
+@pytest.mark.parametrize("source, message", [
+    (_one_class, "holds images of one class only"),
+    (_more_test_than_train_classes, "the test split's classes differ from the train split's (yellow is in one"),
+    (lambda tmp_path: ["cifar10", "--root", tmp_path / "nowhere"], "CIFAR-10 not found under"),
+    (lambda tmp_path: ["folder"], "the folder data set needs --root DIR"),
+    (_the_pack_as_root, "is a pack (nin data pack wrote it), not the data set's files: train from it with --root"),
+], ids=["one-class", "more-test-classes", "missing-data-set", "no-root", "root-a-pack"])
+def test_a_refused_pack_decodes_nothing_and_leaves_nothing_behind(tmp_path, capsys, monkeypatch, source, message):
+    argv = source(tmp_path)
+    monkeypatch.setattr(packing, "load_image", lambda *_: pytest.fail("an image was decoded"))
+    out = tmp_path / "new" / "pack"  # its parent folder too is made by nin data pack
+    code, _, err = run_cli(["data", "pack", *argv, "--out", out], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_pack_into_the_images_own_folder_is_refused_before_it_writes_there(folder, tmp_path, capsys):
+    before = sorted(folder.rglob("*"))
+    code, _, err = run_cli(["data", "pack", "folder", "--root", folder, "--out", folder], capsys)
+    assert code == 2 and "holds other files: pack into a new or empty folder" in err
+    assert sorted(folder.rglob("*")) == before  # no .lock, no pack.json in the user's data
+
+
+def test_a_pack_stopped_in_its_first_chunk_leaves_nothing_and_an_empty_folder_empty(folder, tmp_path, capsys):
+    (folder / "train" / "blue" / "0.png").write_bytes(b"not a png")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for out in (tmp_path / "new", empty):
+        code, _, err = run_cli(["data", "pack", "folder", "--root", folder, "--out", out, "--image-size", "16"], capsys)
+        assert code == 2 and "0.png is not a readable image" in err
+    assert not (tmp_path / "new").exists() and list(empty.iterdir()) == []
+
+
+def test_the_training_command_nin_data_pack_prints_trains_from_the_pack(folder, tmp_path, capsys):
+    """P03: a folder is packed at 32 pixels when no size is asked; the run's default is its model's (28)."""
+    code, out, err = run_cli(["data", "pack", "folder", "--root", folder, "--out", tmp_path / "pack"], capsys)
+    assert code == 0, err
+    printed = shlex.split(out.strip().splitlines()[-1].split("train with ", 1)[1])
+    assert printed[:2] == ["nin", "train"] and "--image-size" in printed
+    code, _, err = run_cli([*printed[1:], "--epochs", "1", "--batch-size", "6", "--out", tmp_path / "run", *QUIET],
+                           capsys)
+    assert code == 0, err
+
+
+def test_a_dangling_link_among_the_images_is_one_line_or_skipped(folder, tmp_path, capsys):
+    (folder / "train" / "blue" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    code, _, err = run_cli(["data", "pack", "folder", "--root", folder, "--out", tmp_path / "refused",
+                            "--image-size", "16"], capsys)
+    assert code == 2 and "gone.png is a link to" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_cli(["data", "pack", "folder", "--root", folder, "--out", tmp_path / "skipped",
+                            "--image-size", "16", "--skip-bad-images"], capsys)
+    assert code == 0 and "gone.png" in (tmp_path / "skipped" / "train.skipped.txt").read_text(), err

@@ -130,3 +130,19 @@ def test_a_refused_run_leaves_an_empty_folder_empty_and_removes_the_folders_it_m
     assert list(empty.iterdir()) == []  # not even the lock file
     one_line_error(train_argv(tmp_path / "no-such-data", tmp_path / "a" / "b" / "run"), capsys)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["empty"]
+
+
+def test_metrics_csv_rows_end_in_a_newline_alone_and_a_file_written_with_crlf_still_resumes(tmp_path):
+    """csv's own line end is "\\r\\n": awk and cut then read "2.372\\r". Files written so still resume."""
+    folder = RunFolder.claim(str(tmp_path / "run"), "run", None)
+    try:
+        row = dict(epoch=1, step=10, train_loss=2.372, train_acc=0.5, test_loss=2.1, test_acc=0.6, lr=0.1, seconds=1.5)
+        folder.append_metrics(row)
+        folder.append_metrics({**row, "epoch": 2, "step": 20})
+        written = (folder.path / "metrics.csv").read_bytes()
+        assert b"\r" not in written and written.count(b"\n") == 3
+        (folder.path / "metrics.csv").write_bytes(written.replace(b"\n", b"\r\n"))  # as nin wrote it before
+        folder.truncate_metrics(1)  # a resume from epoch 1's checkpoint
+        assert (folder.path / "metrics.csv").read_bytes() == b"".join(written.splitlines(keepends=True)[:2])
+    finally:
+        folder.release()

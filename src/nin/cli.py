@@ -371,7 +371,7 @@ def _verify(args) -> int:
 
 
 def _pack(args) -> int:
-    from .data.pack import write_pack
+    from .data.pack import train_command, write_pack
 
     if not args.packed or not args.out:
         args.command_parser.error("nin data pack needs a DATASET and --out PACK")
@@ -381,7 +381,7 @@ def _pack(args) -> int:
         raise NinError(f"--image-size must lie in 8..1024, got {args.image_size}")
     folder = write_pack(args.packed, args.root, args.out, image_size=args.image_size, channels=args.channels,
                         skip_bad=args.skip_bad_images)
-    print(f"packed into {folder}: train with --dataset {args.packed} --root {folder}")
+    print(f"packed into {folder}: train with {train_command(folder)}")
     return 0
 
 

@@ -100,7 +100,7 @@ def _title(metrics: dict) -> str:
 
 def _write_csv(path: Path, header: list, rows) -> None:
     with open(path, "w", newline="") as stream:
-        writer = csv.writer(stream)
+        writer = csv.writer(stream, lineterminator="\n")  # not csv's "\r\n": awk and cut read it
         writer.writerow(header)
         for row in rows:
             writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])

@@ -23,12 +23,13 @@ from tqdm import tqdm
 from . import checkpoint as ckpt
 from .config import TrainConfig, from_dict, validate, without_retired_fields
 from .data import DeviceLoader, dataset_info
+from .data.datasets import image_count
 from .data.packed import PackedImages, take_rows
 from .data.splits import select_images
 from .data.preprocess import make_preprocess, preprocess_from_state
 from .errors import Interrupted, NinError
 from .evaluate import evaluate, format_report
-from .defaults import MAX_WARMUP_FRACTION, resolve_eval_every, resolve_for_data, resolve_for_model
+from .defaults import BATCH_SIZES, MAX_WARMUP_FRACTION, resolve_eval_every, resolve_for_data, resolve_for_model
 from .hardware import (autocast, free_memory, precision_name, readable_bytes, require_memory, resolve_device,
                        use_bf16)
 from .models import (create_model, default_cfg, fit_init_to_data, identity_init, training_step_bytes,
@@ -75,6 +76,7 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
     if "flip" in config.tta and not flip:
         raise NinError(f"--tta {config.tta} mirrors the test images, but this run trains without flips (--flip "
                        f"{config.flip} on {info.title}): use --tta shift, or none")
+    _require_step_memory(config, size, channels, device, world)  # before any image is decoded at this size
     root = config.root or None
     # eval_split "val": the paper's validation images, held out of the training images, stand in for the test set
     train, test = select_images(config.dataset, root, config.train_split, config.eval_split, image_size=size,
@@ -96,6 +98,29 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
     test_loader = DeviceLoader(test_images, test_labels, preprocess, batch_size=config.eval_batch_size, **common)
     return Data(config, train_loader, test_loader, train.classes, preprocess, int(train_images.shape[1]),
                 int(train_images.shape[2]))
+
+
+def _require_step_memory(config: TrainConfig, size: int, channels: int, device: torch.device, world: World) -> None:
+    """A training step's memory follows from the image shape and the batch: a size too large for it is refused
+    before the images are decoded (or packed into the cache) at that size. The batch is the smallest the run
+    can get, the classes two, no dropout: ``Run`` checks again with the real ones once the data is loaded."""
+    batch = max(1, _smallest_batch(config) // world.size)
+    kwargs = model_arguments(dataclasses.replace(config, dropout=0.0), 2, channels, size)
+    require_memory(training_step_bytes(config.model, kwargs, batch, channels, size), device,
+                   f"training {config.model} on batches of {batch} images of {size} pixels",
+                   "lower --batch-size or --image-size")
+
+
+def _smallest_batch(config: TrainConfig) -> int:
+    """The batch asked for; else the smallest default one, or all the training images when they are fewer
+    (counted without decoding them where they can be: an image folder's files, a pack's header)."""
+    if config.batch_size:
+        return config.batch_size
+    counts = [image_count(config.dataset, config.root or None, split) for split in config.train_split.split("+")]
+    count = BATCH_SIZES[-1] if None in counts else sum(counts)
+    if config.eval_split == "val":  # the validation images, held out of the training ones: at most a fifth
+        count -= count // 5
+    return max(1, min(BATCH_SIZES[-1], count, config.train_subset or count))
 
 
 def memory_plan(data: Data, step_bytes: int, batch: int, device: torch.device) -> str:

@@ -97,6 +97,11 @@ def read_header(folder: Path) -> dict:
     if header.get("version") != VERSION:
         raise NinError(f"{folder} is a pack of version {header.get('version')}; this nin reads version {VERSION}: "
                        "pack the data set again")
+    splits = header.get("splits")
+    if not isinstance(splits, dict) or not all(isinstance(entry, dict) and isinstance(entry.get("count"), int)
+                                               and isinstance(entry.get("sha256"), str) for entry in splits.values()):
+        raise NinError(f"{folder / HEADER} does not record its splits as nin data pack writes them (a count and a "
+                       "SHA-256 each): the pack is damaged; pack it again")
     return header
 
 
