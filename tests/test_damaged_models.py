@@ -11,6 +11,8 @@ import torch
 from PIL import Image
 
 from nin.cli import main
+from nin.data import Normalize
+from nin.inference import Trained
 from tiny_run import train_tiny_run
 
 
@@ -68,13 +70,24 @@ def test_a_damaged_checkpoint_is_one_line_that_blames_it(grey_run, tmp_path, ima
     assert not list(tmp_path.glob("m.*"))
 
 
-def test_predict_never_prints_nan_and_its_json_stays_json(grey_run, tmp_path, image, capsys):
-    # finite weights, and a black image is fine, but any other pixel divided by this standard deviation is infinite
-    path = damaged(grey_run, tmp_path, lambda state: state["normalization"].update(mean=[0.0], std=[1e-45]))
+class Overflowing(torch.nn.Module):
+    """Finite weights whose outputs overflow to infinity: softmax then gives NaN."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(3e38))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.new_ones(len(images), 3) * self.scale * 10
+
+
+def test_predict_never_prints_nan_and_its_json_stays_json(tmp_path, image, capsys, monkeypatch):
+    trained = Trained(Overflowing(), ["a", "b", "c"], Normalize([0.5], [0.25]), 16, 1, "folder", {})
+    monkeypatch.setattr("nin.inference.load_trained", lambda *_: trained)
     for json_flag in ([], ["--json"]):
-        code, out, err = run_cli(["predict", path, image, *json_flag], capsys)
+        code, out, err = run_cli(["predict", tmp_path / "model.pt", image, *json_flag], capsys)
         assert code == 2 and out == "" and "nan%" not in err  # nothing printed: no JSON cut short either
-        assert "are not numbers (its activations overflow)" in err and len(err.strip().splitlines()) == 1
+        assert f"the model's outputs for {image} are not numbers" in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_class_name_with_a_newline_keeps_one_line_per_image(grey_run, tmp_path, image, capsys):

@@ -20,6 +20,7 @@ safetensors, configs with json.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -113,8 +114,9 @@ def export_model(model: nn.Module, info: ModelInfo, file_format: str, out: str |
             _save(model_path, lambda: program.save(str(path)))
             diff = check_onnx(path, wrapper, info) if check else None
         else:
-            traced = _traced(wrapper, info)
-            _save(model_path, lambda: torch.jit.save(traced, str(path), _extra_files={f"{JSON_KEY}.json": text}))
+            serialized = io.BytesIO()  # in memory first: torch.jit.save aborts the process on a full disk
+            torch.jit.save(_traced(wrapper, info), serialized, _extra_files={f"{JSON_KEY}.json": text})
+            _save(model_path, lambda: _write_bytes(path, serialized.getbuffer()))
             diff = check_torchscript(path, wrapper, info) if check else None
         if diff is not None and diff > 1e-3:
             raise NinError(f"the {file_format} export of {info.name} differs from the PyTorch model by {diff:.3g}")
@@ -148,8 +150,12 @@ def _write_pair(model_path: Path, json_path: Path, write_model, text: str) -> fl
 
 
 def _write_text(path: Path, text: str) -> None:
-    with open(path, "w") as stream:
-        stream.write(text)
+    _write_bytes(path, text.encode())
+
+
+def _write_bytes(path: Path, data: bytes | memoryview) -> None:
+    with open(path, "wb") as stream:
+        stream.write(data)
         stream.flush()
         os.fsync(stream.fileno())  # a full disk shows here, not after the rename
 

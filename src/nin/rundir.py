@@ -58,6 +58,9 @@ class RunFolder:
             folder = cls(path)
             folder._create()
         had_lock = (folder.path / LOCK_NAME).exists()
+        if not resume and not had_lock:  # not a run's folder: the user's is refused before anything is written in it
+            folder.found = set(os.listdir(folder.path))
+            folder._check_new()
         folder._lock()
         if not resume:  # listed once locked: another run's files are then there for good, or gone
             folder.found = set(os.listdir(folder.path)) - ({LOCK_NAME} if not had_lock else set())
