@@ -79,10 +79,21 @@ def _command(name: str, parser: argparse.ArgumentParser, summary: str, level: in
 
 
 def render() -> str:
-    from nin.cli import get_parser
+    from nin.cli import get_parser  # imported here: the hook module loads before the package is needed
 
-    os.environ.setdefault("COLUMNS", "100")  # argparse wraps usage lines to the terminal's width
-    parser = get_parser()
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "78"  # argparse wraps usage lines to the terminal's width: the page's, here
+    try:
+        parser = get_parser()
+        return _page(parser)
+    finally:
+        if columns is None:
+            os.environ.pop("COLUMNS")
+        else:
+            os.environ["COLUMNS"] = columns
+
+
+def _page(parser: argparse.ArgumentParser) -> str:
     lines = ["# Command-line reference", "",
              "Generated from `nin.cli.get_parser()` each time the site is built, so it follows the parser: "
              "`nin COMMAND --help` prints the same options.", "",
