@@ -2,15 +2,19 @@
 uint8 files that training reads batch by batch through a memory map (FFCV's idea, without its
 dependencies): the page cache holds what fits, and nothing is held twice.
 
-A pack is a folder: ``pack.json`` (format, the data set it holds, its classes, image shape and, per
-split, the image count and the images' SHA-256), and per split ``SPLIT.images`` (N x C x H x W bytes,
+A pack is a folder: ``pack.json`` (format, the data set it holds, its classes, image shape, the splits
+it is made for and, per packed split, the image count, the images' and the labels' SHA-256 and the
+identity of the files it was packed from), and per split ``SPLIT.images`` (N x C x H x W bytes,
 row-major) and ``SPLIT.labels`` (N little-endian int64). Every command reads it in place of the data
 set's own files with the same ``--dataset`` and ``--root PACK``: the validation rule, flips and classes
 stay the data set's.
 
 Writing is resumable and atomic: a split goes to ``SPLIT.*.partial`` with ``SPLIT.progress.json``
 rewritten (atomically, after the data is flushed) every chunk; a split is renamed into place when
-complete, and ``pack.json`` is replaced after each split. A run stopped at any moment resumes.
+complete, and ``pack.json`` is replaced after each split. A run stopped at any moment resumes, from where
+it stopped when the split's files are those it started from, else from the start of the split. What can
+be refused from the files alone (no root, one class, splits with other classes, a missing data set) is
+refused before anything is written, and a pack that fails before its first chunk leaves nothing behind.
 """
 from __future__ import annotations
 
