@@ -15,7 +15,7 @@ from .config import TrainConfig
 IMAGES_PER_SQRT_IMAGE = 1500  # the length: 1500 * sqrt(N) images seen (N = training images)
 MIN_EPOCHS, MAX_EPOCHS = 1, 100
 # every run gets at least this many optimizer steps when it can: by smaller batches or more epochs (with 300, a
-# 1,000-image set got 336 steps of batch 128 and ended underfit: results/first-try.md, "A floor of 400 steps")
+# 1,000-image set got 336 steps of batch 128 and ended underfit: results/first-try/README.md, "A floor of 400 steps")
 MIN_STEPS = 400
 MIN_WARMUP_STEPS = 100  # the warm-up lasts an epoch, or this many steps when an epoch has fewer (small sets)
 MAX_WARMUP_FRACTION = 0.25  # and never more than this part of the run (train.lr_at caps a given one too)
