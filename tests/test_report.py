@@ -188,3 +188,27 @@ def test_report_tables_account_for_every_image(matrix):
         others = [v for j, v in enumerate(counts) if j != index]
         assert row["confused_count"] == max(others, default=0)
         assert (row["most_confused_with"] == "") == (row["confused_count"] == 0)
+
+
+class FixedLogits(torch.nn.Module):
+    """A 'model' that returns given logits whatever the images (one row per image, in order)."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits, self.weight = logits, torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, images):
+        return self.logits[: len(images)]
+
+
+def test_top1_accuracy_equals_the_accuracy_when_logits_tie():
+    """ReLU'd class maps (the paper's network) give several classes logit 0: top-1 must break the tie as
+    argmax does (the first class), or `nin eval` reports two different top-1 accuracies."""
+    logits = torch.zeros(4, 10)  # all ten classes tied: argmax says class 0
+    logits[2, 3] = logits[2, 7] = 1.0  # a tie between 3 and 7: argmax says 3
+    logits[3, 9] = 2.0
+    labels = torch.tensor([0, 5, 3, 9])
+    metrics = evaluate(FixedLogits(logits), [(torch.zeros(4, 1, 2, 2), labels)], [str(c) for c in range(10)],
+                       topk=(1, 2))
+    assert metrics["accuracy"] == metrics["topk"]["1"] == 0.75
+    assert metrics["topk"]["2"] == 0.75  # class 5 ranks behind class 0 and the other ties

@@ -37,7 +37,9 @@ def evaluate(model: torch.nn.Module, loader, classes: list[str], *, amp: bool = 
         predictions = logits.argmax(dim=1)
         confusion += torch.bincount(labels * num_classes + predictions, minlength=num_classes ** 2)
         if ks:
-            hits = logits.topk(ks[-1], dim=1).indices == labels[:, None]  # (N, largest k)
+            # a stable sort breaks ties (bf16 logits, ReLU'd class maps) as argmax does: top-1 is the accuracy
+            ranked = logits.sort(dim=1, descending=True, stable=True).indices[:, :ks[-1]]
+            hits = ranked == labels[:, None]  # (N, largest k)
             topk_correct += torch.stack([hits[:, :k].any(dim=1).sum() for k in ks])
     model.train(was_training)
     for total in (loss_sum, confusion, topk_correct):  # each process evaluated its own shard
