@@ -21,10 +21,12 @@ def quiet(*_) -> None:
 
 def small_config(out: Path, **changes) -> TrainConfig:
     """Fashion-MNIST, 256 images, 3 epochs of 8 steps, with dropout (so the RNG state matters) rising during
-    the warm-up (a stop at step 3 falls inside it); fp32 on every machine (the exact-resume tests compare bits)."""
+    the warm-up (a stop at step 3 falls inside it); fp32 on every machine (the exact-resume tests compare bits).
+    A quarter of the widths: these tests check the mechanics of a run (stops, resumes, faults), not what it
+    learns, and the narrower network takes a quarter of the time."""
     settings = dict(model="nin_mnist_bn", dataset="fashion-mnist", train_subset=256, test_subset=128,
                     epochs=EPOCHS, batch_size=32, lr=0.1, warmup_epochs=0.5, dropout_warmup=True, label_smoothing=0.1,
-                    amp="off",
+                    amp="off", width=0.25,
                     device="cpu", progress=False, tensorboard=False, out=str(out))
     return TrainConfig(**{**settings, **changes})
 

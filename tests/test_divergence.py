@@ -212,7 +212,8 @@ def test_weights_ruined_by_the_last_step_of_an_epoch_are_never_checkpointed(tmp_
 def test_a_loss_stuck_at_chance_warns_about_lr_init_and_the_relu_before_gap(tmp_path, fashion_mnist_root):
     """With a vanishing learning rate the loss stays at ln 10: the warning names NIN's usual causes."""
     log = Log()
-    fit(small_config(tmp_path / "run", lr=1e-12, label_smoothing=0.0, epochs=2), log=log)
+    # the full widths: the narrower network of the other tests starts further from ln 10
+    fit(small_config(tmp_path / "run", lr=1e-12, label_smoothing=0.0, epochs=2, width=1.0), log=log)
 
     warnings = log.matching(r"^warning: after epoch \d the training loss")
     assert [int(re.search(r"epoch (\d)", w).group(1)) for w in warnings] == [1, 2]
@@ -238,6 +239,6 @@ def test_no_stuck_warning_during_the_warm_up(tmp_path, fashion_mnist_root):
     is expected: the warnings begin with epoch 2."""
     log = Log()
     fit(small_config(tmp_path / "run", lr=1e-12, label_smoothing=0.0, epochs=5, warmup_epochs=1.25,
-                     train_subset=256), log=log)
+                     train_subset=256, width=1.0), log=log)
     warned = [int(re.search(r"epoch (\d)", w).group(1)) for w in log.matching(r"^warning: after epoch")]
     assert warned == [2, 3, 4, 5]

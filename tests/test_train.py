@@ -20,6 +20,11 @@ def small_config(out, **changes) -> TrainConfig:
     return TrainConfig(**{**settings, **changes})
 
 
+# the tests of a run's mechanics (what it saves, resumes, refuses) train a quarter of the widths: a quarter of
+# the time; those that check what a run learns keep the full network
+NARROW = 0.25
+
+
 def interrupt_after(line_start: str):
     def log(line: str) -> None:
         if line.startswith(line_start):
@@ -42,7 +47,7 @@ def test_a_short_run_learns_far_above_chance_and_leaves_a_run_folder(tmp_path, f
 
 
 def test_checkpoint_holds_everything_evaluation_needs(tmp_path, fashion_mnist_root):
-    fit(small_config(tmp_path, epochs=1, train_subset=256), log=lambda *_: None)
+    fit(small_config(tmp_path, epochs=1, train_subset=256, width=NARROW), log=lambda *_: None)
     state = load_checkpoint(tmp_path)
     assert state["model_name"] == "nin_mnist_bn" and state["model_kwargs"]["num_classes"] == 10
     assert state["classes"][0] == "T-shirt/top" and state["input"] == {"size": 28, "channels": 1,
@@ -62,7 +67,7 @@ def test_a_moving_average_of_the_weights_is_what_the_run_evaluates_and_exports(t
     real_evaluate = nin.train.evaluate
     monkeypatch.setattr(nin.train, "evaluate", lambda model, *a, **k: evaluated.append(
         model.features1[0].weight.detach().clone()) or real_evaluate(model, *a, **k))
-    fit(small_config(tmp_path, epochs=1, train_subset=512, test_subset=256, ema=0.9), log=lambda *_: None)
+    fit(small_config(tmp_path, epochs=1, train_subset=512, test_subset=256, ema=0.9, width=NARROW), log=lambda *_: None)
 
     state = load_checkpoint(tmp_path)
     assert state["ema_updates"] == state["step"] == 8
@@ -85,7 +90,8 @@ def test_tta_gives_the_result_with_test_time_views_and_leaves_the_epochs_plain(t
         return metrics
 
     monkeypatch.setattr(nin.train, "evaluate", recorded)
-    result = fit(small_config(tmp_path, train_subset=512, test_subset=256, tta="flip"), log=lambda *_: None)
+    result = fit(small_config(tmp_path, train_subset=512, test_subset=256, tta="flip", width=NARROW),
+                 log=lambda *_: None)
 
     assert [mode for mode, _ in readings] == ["", "", "flip"]  # each epoch plain, then the last one's flips
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
@@ -97,7 +103,7 @@ def test_tta_gives_the_result_with_test_time_views_and_leaves_the_epochs_plain(t
 def test_a_result_that_cannot_be_written_is_one_error_and_the_checkpoint_stays(tmp_path, fashion_mnist_root):
     (tmp_path / "final.json").mkdir()  # stands in for a full disk: the result's file cannot be replaced
     with pytest.raises(NinError, match="could not write .*final.json.*the trained checkpoint is intact"):
-        fit(small_config(tmp_path, epochs=1, train_subset=256, test_subset=256), log=lambda *_: None)
+        fit(small_config(tmp_path, epochs=1, train_subset=256, test_subset=256, width=NARROW), log=lambda *_: None)
     assert load_checkpoint(tmp_path)["epoch"] == 1 and not (tmp_path / "final.json.tmp").exists()
 
 
@@ -129,7 +135,7 @@ def test_identity_init_and_lookahead_reach_the_run(tmp_path, fashion_mnist_root,
     monkeypatch.setattr(nin.train.Lookahead, "after_step",
                         lambda self, step, total: synced.append(step) or real_after_step(self, step, total))
     result = fit(small_config(tmp_path, epochs=1, train_subset=256, test_subset=256, identity_init=True,
-                              lookahead=5), log=lambda *_: None)
+                              lookahead=5, width=NARROW), log=lambda *_: None)
 
     assert len(started) == 1 and synced == [1, 2, 3, 4]  # 256 images / 64: the last step (4) syncs
     assert load_checkpoint(tmp_path)["lookahead_slow"].keys() <= load_checkpoint(tmp_path)["model"].keys()
@@ -138,7 +144,8 @@ def test_identity_init_and_lookahead_reach_the_run(tmp_path, fashion_mnist_root,
 
 def test_frozen_batchnorm_scales_stay_at_one_and_the_biases_take_their_own_learning_rate(tmp_path,
                                                                                         fashion_mnist_root):
-    fit(small_config(tmp_path, epochs=1, train_subset=256, freeze_bn_scales=True, bn_bias_lr=4.0),
+    fit(small_config(tmp_path, epochs=1, train_subset=256, freeze_bn_scales=True, bn_bias_lr=4.0,
+                     width=NARROW),
         log=lambda *_: None)
     state = load_checkpoint(tmp_path)
     norms = [name[:-len(".weight")] for name, tensor in state["model"].items()
@@ -167,7 +174,8 @@ def test_the_average_starts_short_and_grows_to_its_decay():
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, fashion_mnist_root):
-    settings = dict(train_subset=512, test_subset=128, epochs=3, amp="off")  # bits compared: one precision anywhere
+    # bits compared: one precision anywhere
+    settings = dict(train_subset=512, test_subset=128, epochs=3, amp="off", width=NARROW)
     fit(small_config(tmp_path / "straight", **settings), log=lambda *_: None)
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C right after epoch 1's checkpoint
         fit(small_config(tmp_path / "stopped", **settings), log=interrupt_after("epoch 1/3"))
@@ -182,20 +190,20 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, fashion
 
 
 def test_resume_refuses_to_change_the_recipe(tmp_path, fashion_mnist_root):
-    fit(small_config(tmp_path, epochs=1, train_subset=128), log=lambda *_: None)
+    fit(small_config(tmp_path, epochs=1, train_subset=128, width=NARROW), log=lambda *_: None)
     with pytest.raises(NinError, match="only --epochs"):
         resume_config(str(tmp_path), {"lr": 0.5})
 
 
 def test_a_new_run_never_overwrites_an_old_one(tmp_path, fashion_mnist_root):
-    fit(small_config(tmp_path, epochs=1, train_subset=128), log=lambda *_: None)
+    fit(small_config(tmp_path, epochs=1, train_subset=128, width=NARROW), log=lambda *_: None)
     with pytest.raises(NinError, match="already holds a run"):
         fit(small_config(tmp_path, epochs=1, train_subset=128), log=lambda *_: None)
 
 
 def test_a_diverging_run_stops_with_the_step_and_learning_rate(tmp_path, fashion_mnist_root):
     config = small_config(tmp_path, model="nin_mnist", epochs=1, train_subset=512, lr=1e6, warmup_epochs=0,
-                          schedule="constant")
+                          schedule="constant", width=NARROW)
     with pytest.raises(NinError, match=r"non-finite by step \d+ .*lr 1e\+06"):
         fit(config, log=lambda *_: None)
 
