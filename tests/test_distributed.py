@@ -12,9 +12,8 @@ from nin.checkpoint import load_checkpoint
 # No data-dependent init either: it is the same on both ranks, but its large first steps amplify the
 # different order of the gradient sums past this test's tolerance within 16 steps. fp32 on every machine
 # (`--amp auto` is bf16 on CPUs with AMX or AVX512-BF16, whose rounding the tolerance is not made for).
-# A quarter of the widths: the steps' arithmetic is what is compared, and it takes a quarter of the time.
 SETTINGS = ["--recipe", "fashion-mnist", "--model", "nin_mnist", "--dropout", "0", "--no-data-init", "--amp", "off",
-            "--width", "0.25", "--train-subset", "512",
+            "--train-subset", "512",
             "--test-subset", "200", "--epochs", "2", "--batch-size", "64", "--lr", "0.05", "--no-progress",
             "--no-tensorboard"]
 

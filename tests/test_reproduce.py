@@ -12,6 +12,7 @@ PAPER = {"table1-dropout": 10.41, "table1-dropout-aug": 8.81, "table2": 35.68, "
          "table5-fc": 11.59, "table5-fc-dropout": 10.88, "table5-gap": 10.41, "sec4.6-fc": 17.56,
          "sec4.6-fc-dropout": 15.99, "sec4.6-gap": 16.46, "fig3-no-dropout": 14.51}
 TINY = ["--epochs", "1", "--train-subset", "16", "--test-subset", "8", "--batch-size", "8", "--device", "cpu"]
+NARROW = ["--width", "0.25"]  # where every recipe trains: what is checked is that each runs, at a quarter of the time
 
 
 def test_list_shows_every_row_of_the_paper_with_its_number(capsys):
@@ -41,7 +42,7 @@ def paper_data(tmp_path_factory):
 
 
 def test_every_recipe_trains_a_few_steps_and_lands_in_results_md(paper_data, tmp_path, capsys):
-    assert main(["reproduce", "all", "--root", str(paper_data), "--out", str(tmp_path), *TINY]) == 0
+    assert main(["reproduce", "all", "--root", str(paper_data), "--out", str(tmp_path), *TINY, *NARROW]) == 0
     table = (tmp_path / "results.md").read_text()
     for row, error in PAPER.items():
         line = next(line for line in table.splitlines() if line.startswith(f"| {row} |"))
@@ -81,7 +82,7 @@ def test_best_known_recipes_come_in_pairs_faithful_and_batchnorm_with_their_targ
 def test_every_best_known_recipe_trains_a_few_steps(paper_data, fashion_mnist_root, tmp_path):
     for name in BEST:
         where = [] if name.startswith("fashion") else ["--root", str(paper_data)]  # Fashion-MNIST: its own place
-        assert main(["reproduce", name, *where, "--out", str(tmp_path / name), *TINY]) == 0
+        assert main(["reproduce", name, *where, "--out", str(tmp_path / name), *TINY, *NARROW]) == 0
         assert (tmp_path / name / name / "seed0" / "checkpoint.pt").is_file()
     results = (tmp_path / "svhn-best-bn" / "results.md").read_text()
     assert "| svhn-best-bn | best-known recipe: the error to beat | SVHN | 2.35% |" in results
