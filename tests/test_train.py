@@ -101,9 +101,12 @@ def test_tta_gives_the_result_with_test_time_views_and_leaves_the_epochs_plain(t
 
 
 def test_a_result_that_cannot_be_written_is_one_error_and_the_checkpoint_stays(tmp_path, fashion_mnist_root):
-    (tmp_path / "final.json").mkdir()  # stands in for a full disk: the result's file cannot be replaced
+    def block_the_result(line: str) -> None:  # after the last epoch's checkpoint, before the result is written
+        if line.startswith("epoch "):
+            (tmp_path / "final.json").mkdir()  # stands in for a full disk: the result's file cannot be replaced
+
     with pytest.raises(NinError, match="could not write .*final.json.*the trained checkpoint is intact"):
-        fit(small_config(tmp_path, epochs=1, train_subset=256, test_subset=256, width=NARROW), log=lambda *_: None)
+        fit(small_config(tmp_path, epochs=1, train_subset=256, test_subset=256, width=NARROW), log=block_the_result)
     assert load_checkpoint(tmp_path)["epoch"] == 1 and not (tmp_path / "final.json.tmp").exists()
 
 
