@@ -19,8 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import NinError
 
-TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
-ARCHIVE_SUFFIXES = (*TAR_SUFFIXES, ".zip")
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".zip")
 # what a damaged archive raises while it is listed or read, by format and compression
 _DAMAGED = (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, lzma.LZMAError,
             OSError, ValueError, NotImplementedError, RuntimeError)  # bz2's errors are OSErrors
@@ -54,14 +53,10 @@ class Member:
 class ImageArchive:
     """An archive's regular files by path below the layout's root (``train/cat/1.jpg``), checked once."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, fingerprint: str):
         self.path = path
+        self.fingerprint = fingerprint  # the archive's path, size and time: what the caches built from it key on
         self._lock = threading.Lock()  # one reader at a time: tar and zip streams hold a position
-        try:
-            stat = path.stat()
-        except OSError as error:
-            raise NinError(f"archive {path} cannot be read ({error.strerror or error})") from None
-        self.fingerprint = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
         try:
             self._handle, entries = _open(path)
         except NinError:
@@ -69,7 +64,7 @@ class ImageArchive:
         except _DAMAGED as error:
             raise NinError(f"{path} is not a readable archive ({_reason(error)}): expected a .tar, .tar.gz or .zip "
                            "holding train/CLASS/IMAGE and test/CLASS/IMAGE") from None
-        self._entries = _below_root(path, entries)  # relative path -> (tar member or zip name, size, offset)
+        self._entries = _below_root(path, entries)  # relative path -> (tar member or zip name, size)
 
     def names(self, prefix: str) -> list[str]:
         """The relative paths of the files under ``prefix/``, sorted."""
@@ -89,9 +84,6 @@ class ImageArchive:
                 return stream.read() if stream is not None else b""
         except _DAMAGED as error:
             raise NinError(f"{self.path} is damaged: {name} cannot be read ({_reason(error)})") from None
-
-    def close(self) -> None:
-        self._handle.close()
 
 
 def _open(path: Path):
@@ -145,7 +137,7 @@ def _reason(error: BaseException) -> str:
     return text.strip().splitlines()[0].rstrip(":")  # tarfile lists each compression it tried on lines of their own
 
 
-_OPEN: dict[tuple[str, str], ImageArchive] = {}
+_OPEN: dict[tuple[str, int], ImageArchive] = {}
 
 
 def open_archive(root) -> ImageArchive:
@@ -157,7 +149,8 @@ def open_archive(root) -> ImageArchive:
         stat = path.stat()
     except OSError as error:
         raise NinError(f"archive {path} cannot be read ({error.strerror or error})") from None
-    key = (str(path.resolve()), f"{stat.st_size}|{stat.st_mtime_ns}|{os.getpid()}")
+    fingerprint = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    key = (fingerprint, os.getpid())  # a forked process opens its own handle: a shared one shares its position
     if key not in _OPEN:
-        _OPEN[key] = ImageArchive(path)
+        _OPEN[key] = ImageArchive(path, fingerprint)
     return _OPEN[key]

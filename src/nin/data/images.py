@@ -10,6 +10,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..errors import NinError
+from .archive import Member
 
 
 DEFAULT_MAX_PIXELS = 1 << 28  # 268 megapixels (16384 x 16384): larger files are refused unless the limit is raised
@@ -33,7 +34,7 @@ def load_image(path, size: int, channels: int) -> torch.Tensor:
     Palette, alpha and 16-bit images are converted; alpha is dropped."""
     limit = max_image_pixels()
     try:
-        source = io.BytesIO(path.read_bytes()) if hasattr(path, "archive") else path  # an archive's member
+        source = io.BytesIO(path.read_bytes()) if isinstance(path, Member) else path
         with Image.open(source) as image:  # reads the header only: the size is checked before decoding
             if image.width * image.height > limit:
                 raise NinError(f"{path} has {image.width}x{image.height} pixels, more than the limit of "
