@@ -8,6 +8,10 @@ sets under ``root`` (the IDX sets need nothing written). Folder sets take their 
 Fashion-MNIST's training split and their test images from its test split, so validation (the last fifth
 of each training class, ``--eval-split val``) and test never share an image. A ``-heldout`` set is for
 choosing: its test folder holds other images of Fashion-MNIST's training split.
+
+``cifar10-jpeg`` is CIFAR-10 itself, from the JPEG copy beside the project on its build machines
+(``../shared/data/cifar10-jpeg.tar.gz``, read in place): the largest set, asked for by name only
+(``--sets cifar10-jpeg``), since its sweep takes hours on a CPU.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from nin.data import load_dataset
 
 TEST_IMAGES = 1000  # test images of every folder set (Fashion-MNIST's test split, a fixed spread draw)
 THREE_CLASSES = ("T-shirt/top", "Pullover", "Shirt")  # the three that Fashion-MNIST confuses most
+SHARED_CIFAR10 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 ZOO: dict[str, dict] = {
     "fmnist-500": dict(dataset="fashion-mnist", train_subset=500),
@@ -39,7 +44,10 @@ ZOO: dict[str, dict] = {
     # training split (a validation set ten times the size of grey64-1k's --eval-split val, which holds 200)
     "grey64-1k-heldout": dict(dataset="folder", channels=1, image_size=64,
                               build=dict(train=1_000, size=64, held_out=2_000)),
+    # CIFAR-10's 60,000 images, no settings but the data: what `nin train --dataset folder --root C10` gets
+    "cifar10-jpeg": dict(dataset="folder", root=str(SHARED_CIFAR10)),
 }
+BY_NAME_ONLY = ("cifar10-jpeg",)  # not in the default --sets: hours of CPU
 
 
 def parse_changes(items: list[str]) -> dict:
@@ -58,6 +66,8 @@ def parse_changes(items: list[str]) -> dict:
 def settings(name: str, root: Path) -> dict:
     """The ``nin train`` settings of a zoo set (writing its folder first when it is one)."""
     spec = dict(ZOO[name])
+    if name in BY_NAME_ONLY and not Path(spec["root"]).is_file():
+        raise SystemExit(f"zoo: {name} needs {spec['root']}, which is absent (the shared data of the build machines)")
     recipe = spec.pop("build", None)
     if recipe is not None:
         spec["root"] = str(build(name, root, **recipe))
