@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
 
 import torch
 
 from .errors import NinError
+from .files import atomic_write  # at the bottom of the package, for every layer; still importable from here
 
 FORMAT = "nin-checkpoint"
 VERSION = 1
@@ -26,47 +25,6 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
     serialized = io.BytesIO()  # in memory first: a full disk is then a plain OSError from our write, not an
     torch.save(obj, serialized)  # error torch's zip writer reports as a RuntimeError after a chained OSError
     atomic_write(serialized.getbuffer(), path)
-
-
-def atomic_write(data: bytes | memoryview | Callable[[BinaryIO], None], path: str | os.PathLike) -> None:
-    """Write to a temporary file in the same folder, flush it to disk, then rename over ``path``:
-    a crash at any moment leaves either the old file or the new one, never a torn one. ``data`` is the
-    bytes, or a function that writes them to the open file (for what should not be copied in memory)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed while writing
-        stale.unlink(missing_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(handle, 0o666 & ~_umask())  # mkstemp's 0600 would make checkpoints unlike the other files
-        with os.fdopen(handle, "wb") as stream:
-            data(stream) if callable(data) else stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:

@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import NinError
+from .kinds import AMPS, EVAL_SPLITS, FLIPS, ON_NAN, PREPROCESS_KINDS, SCHEDULES, TTA_MODES
 
 
 @dataclass
@@ -150,13 +151,6 @@ HELP: dict[str, str] = {
 }
 
 
-SCHEDULES = ("cosine", "linear", "step", "constant")
-FLIPS = ("auto", "yes", "no", "alternate")
-TTA_MODES = ("flip", "shift", "flip-shift")  # test-time views (nin eval --tta; nin.evaluate.tta_logits)
-AMPS = ("auto", "bf16", "off")
-ON_NAN = ("stop", "rollback")
-PREPROCESS_KINDS = ("standardize", "gcn_zca", "lcn")  # nin.data.preprocess builds them (its KINDS)
-EVAL_SPLITS = ("test", "val")
 CHOICES = {"schedule": SCHEDULES, "flip": FLIPS, "amp": AMPS, "on_nan": ON_NAN, "preprocess": PREPROCESS_KINDS,
            "eval_split": EVAL_SPLITS, "tta": ("", *TTA_MODES)}
 METAVARS = {int: "N", float: "X", str: "TEXT"}

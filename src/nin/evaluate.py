@@ -1,16 +1,15 @@
 """Evaluation: loss, accuracy, error and per-class accuracy over a loader, without host syncs per batch."""
 from __future__ import annotations
 
-import json
-import math
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .config import TTA_MODES
 from .distributed import all_reduce_sum
+from .files import metrics_json  # noqa: F401 (nin.evaluate.metrics_json, as before)
 from .hardware import autocast
+from .kinds import TTA_MODES
 
 
 @torch.inference_mode()
@@ -108,19 +107,3 @@ def format_report(metrics: dict, split: str = "test") -> str:
     for name, accuracy in metrics["per_class"].items():
         lines.append(f"  {name:<{width}}  {100 * accuracy:6.2f}%")
     return "\n".join(lines)
-
-
-def metrics_json(metrics: dict, indent: int | None = None) -> str:
-    """The metrics (but the confusion matrix) as JSON; a number that is not one (the accuracy of a class
-    without test images) is null, as JSON has no NaN."""
-    def finite(value):
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: finite(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [finite(v) for v in value]
-        return value
-
-    return json.dumps(finite({k: v for k, v in metrics.items() if k != "confusion"}), indent=indent,
-                      allow_nan=False)

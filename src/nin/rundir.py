@@ -20,20 +20,13 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
 
 from . import checkpoint as ckpt
 from .errors import NinError
-from .evaluate import metrics_json
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; a second process is not detected there
-    fcntl = None
+from .files import LOCK_NAME, lock_folder, metrics_json, reason
 
 METRIC_FIELDS = ["epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
 TEST_FIELDS = ("test_loss", "test_acc")  # empty in an epoch that was not evaluated (--eval-every)
-LOCK_NAME = ".lock"
 LEFTOVERS = (LOCK_NAME,)  # what a killed run may leave in a folder besides temporary files (*.tmp)
 
 
@@ -92,7 +85,7 @@ class RunFolder:
             raise NinError(f"--out {self.path}: a file is in the way (a run folder is a directory)") from None
         except OSError as error:
             self._remove_created()  # the parents made before the failure
-            raise NinError(f"cannot create the run folder {self.path}: {_reason(error)}") from None
+            raise NinError(f"cannot create the run folder {self.path}: {reason(error)}") from None
 
     def _lock(self) -> None:
         self._lock_file = lock_folder(self.path, f"the run folder {self.path}", "nin train", lambda holder: (
@@ -153,7 +146,7 @@ class RunFolder:
                 os.replace(kept, path)
             except OSError as error:
                 kept.unlink(missing_ok=True)
-                raise NinError(f"could not write {kept} ({_reason(error)}); the last checkpoint and {path} are "
+                raise NinError(f"could not write {kept} ({reason(error)}); the last checkpoint and {path} are "
                                f"intact: free some space, then continue with --resume {self.path}") from None
 
     def append_metrics(self, row: dict) -> None:
@@ -166,7 +159,7 @@ class RunFolder:
                     writer.writeheader()
                 writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
         except OSError as error:
-            raise NinError(f"could not write {path} ({_reason(error)}); the last checkpoint is intact: "
+            raise NinError(f"could not write {path} ({reason(error)}); the last checkpoint is intact: "
                            f"free some space, then continue with --resume {self.path}") from None
 
     def write_final(self, metrics: dict, split: str) -> None:
@@ -177,14 +170,14 @@ class RunFolder:
             os.replace(partial, path)
         except OSError as error:
             partial.unlink(missing_ok=True)
-            raise NinError(f"could not write {path} ({_reason(error)}); the trained checkpoint is intact: "
+            raise NinError(f"could not write {path} ({reason(error)}); the trained checkpoint is intact: "
                            f"nin eval {self.path} gives its accuracy") from None
 
     def _write(self, path: Path, text: str) -> None:
         try:
             path.write_text(text)
         except OSError as error:
-            raise NinError(f"could not write {path} ({_reason(error)})") from None
+            raise NinError(f"could not write {path} ({reason(error)})") from None
 
 
 def read_metrics(run: str | os.PathLike) -> tuple[Path, list[dict]]:
@@ -226,30 +219,3 @@ def _complete_row(row: dict) -> bool:
         return trained and None not in row and len(set(tested)) == 1 and int(row["epoch"]) > 0
     except ValueError:
         return False
-
-
-def lock_folder(folder: Path, what: str, command: str, busy: Callable[[str], str]):
-    """FOLDER/.lock held (flock) by this process until the returned file is closed (the kernel drops it when
-    the process ends); it names the holder. ``what`` names the folder in errors; ``busy(holder)`` is the
-    one-line error when another process holds it."""
-    try:
-        stream = open(folder / LOCK_NAME, "a+")
-    except OSError as error:
-        raise NinError(f"cannot write into {what}: {_reason(error)}") from None
-    if fcntl is not None:
-        try:
-            fcntl.flock(stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            stream.seek(0)
-            holder = stream.read().strip() or "another process"
-            stream.close()
-            raise NinError(busy(holder)) from None
-    stream.seek(0)
-    stream.truncate()
-    stream.write(f"process {os.getpid()} ({command}, started {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
-    stream.flush()
-    return stream
-
-
-def _reason(error: OSError) -> str:
-    return error.strerror or str(error)

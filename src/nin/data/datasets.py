@@ -370,7 +370,7 @@ def _cached(files: list[Path], key: tuple, parse, enabled: bool) -> Split:
             path.unlink(missing_ok=True)
     split = parse()
     try:
-        from ..checkpoint import atomic_write
+        from ..files import atomic_write
 
         # streamed to the file: a copy in memory first would double what loading holds (it is the pixels)
         atomic_write(lambda stream: torch.save(split._asdict(), stream), path)

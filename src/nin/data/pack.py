@@ -32,10 +32,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write
 from ..errors import Interrupted, NinError
+from ..files import atomic_write, lock_folder
 from ..hardware import readable_bytes
-from ..rundir import lock_folder
 from .datasets import FOLDER_SIZE, Split, cache_dir, dataset_info, load_dataset, reshape, source_identity
 from .images import load_image
 from .datasets import source_files

@@ -32,7 +32,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..config import PREPROCESS_KINDS as KINDS
+from ..kinds import PREPROCESS_KINDS as KINDS
 from ..errors import NinError
 
 # The ZCA matrix is (D, D) and its covariance is accumulated in float64: D = 12,288 (3x64x64) is already a
