@@ -35,7 +35,7 @@ from first_try import train_once  # noqa: E402
 from nin.checkpoint import load_checkpoint  # noqa: E402
 from nin.config import load_recipe  # noqa: E402
 from nin.hardware import describe_hardware  # noqa: E402
-from nin.inference import evaluate_trained, load_trained  # noqa: E402
+from nin.inference import evaluate_trained, load  # noqa: E402
 from nin.rundir import read_metrics  # noqa: E402
 from nin.train import epoch_cost  # noqa: E402
 
@@ -68,11 +68,11 @@ def readings(run: Path, split: str, labels: list[str]) -> dict[str, float]:
     kept = json.loads(kept_file.read_text()) if kept_file.is_file() else {}
     missing = [(label, average, tta) for label, average, tta in READINGS if label in labels and label not in kept]
     if missing:
-        trained = load_trained(run)  # the average, when the run kept one
-        average = {name: tensor.clone() for name, tensor in trained.model.state_dict().items()}
+        trained = load(run)  # the average, when the run kept one
+        average = {name: tensor.clone() for name, tensor in trained.state_dict().items()}
         last = load_checkpoint(run)["model"]
         for label, use_average, tta in missing:
-            trained.model.load_state_dict(average if use_average else last)
+            trained.load_state_dict(average if use_average else last)
             kept[label] = 100 * evaluate_trained(trained, split=split, tta=tta)["accuracy"]
         kept_file.write_text(json.dumps(kept, indent=1) + "\n")
     return {label: kept[label] for label in labels}

@@ -12,10 +12,10 @@ import argparse
 import subprocess
 from pathlib import Path
 
-from nin.card import ModelInfo
+from nin.checkpoint import load_checkpoint
 from nin.export import export_model
 from nin.hardware import describe_hardware
-from nin.inference import evaluate_trained, load_trained
+from nin.inference import evaluate_trained, load
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "src" / "nin" / "weights"
 
@@ -33,20 +33,19 @@ def main() -> None:
     parser.add_argument("run", help="a finished run folder")
     parser.add_argument("--name", required=True, help="the file's stem under src/nin/weights")
     args = parser.parse_args()
-    trained = load_trained(args.run)
-    config = trained.config
+    trained = load(args.run)
+    info, config = trained.info, load_checkpoint(args.run)["config"]
     source = {"released_by": "this toolkit (network-in-network)", "recipe": config.get("recipe"),
-              "model": trained.name, "seed": config.get("seed"), "epochs": config.get("epochs"),
-              "dataset": trained.dataset, "commit": commit(), "trained_on": describe_hardware("cpu")}
-    info = ModelInfo.from_trained(trained)
+              "model": info.name, "seed": config.get("seed"), "epochs": config.get("epochs"),
+              "dataset": info.dataset, "commit": commit(), "trained_on": describe_hardware("cpu")}
     info.source = source
     path = WEIGHTS_DIR / args.name
-    export_model(trained.model, info, "safetensors", path)
-    shipped = load_trained(path.with_suffix(".safetensors"))
+    export_model(trained, info, "safetensors", path)
+    shipped = load(path.with_suffix(".safetensors"))
     # in fp32, as `nin eval --weights NAME --amp off` evaluates it on any CPU (bf16 rounds differently by machine)
-    metrics = evaluate_trained(shipped, trained.dataset, amp="off")
+    metrics = evaluate_trained(shipped, info.dataset, amp="off")
     info.source = {**source, "test_accuracy": metrics["accuracy"], "test_images": metrics["n"]}
-    written = export_model(trained.model, info, "safetensors", path)
+    written = export_model(trained, info, "safetensors", path)
     print(f"wrote {written['model']} and {written['config']}: test accuracy {100 * metrics['accuracy']:.2f}% "
           f"on {metrics['n']:,} images")
 

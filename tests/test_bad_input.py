@@ -422,13 +422,13 @@ def test_eval_scores_a_split_whose_classes_come_in_another_order_by_class_name(t
     import nin.inference
     from nin.data import DeviceLoader, Split
 
-    trained = nin.inference.load_trained(tiny_run)  # classes blue, green, red
+    trained = nin.inference.load(tiny_run)  # classes blue, green, red
     own = nin.inference._load_split(trained, "folder", str(tiny_run.parent / "data"), "test")
     keep = torch.cat([(own.labels == 0).nonzero().flatten()[:1], (own.labels > 0).nonzero().flatten()])
     images, labels = own.images[keep], own.labels[keep]  # one blue image: the rows of the confusion differ
     order = ["green", "red", "blue"]
     reordered = Split(images, torch.tensor([order.index(own.classes[y]) for y in labels]), order)
     monkeypatch.setattr(nin.inference, "_load_split", lambda *args: reordered)
-    expected = nin.inference.evaluate(trained.model, DeviceLoader(images, labels, trained.normalize, batch_size=64),
-                                      trained.classes)
+    expected = nin.inference.evaluate(trained, DeviceLoader(images, labels, trained.info.normalize(), batch_size=64),
+                                      trained.info.classes)
     assert nin.inference.evaluate_trained(trained)["confusion"] == expected["confusion"]

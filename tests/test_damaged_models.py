@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from nin.card import ModelInfo
 from nin.cli import main
 from nin.data import Normalize
-from nin.inference import Trained
 from tiny_run import train_tiny_run
 
 
@@ -82,8 +82,10 @@ class Overflowing(torch.nn.Module):
 
 
 def test_predict_never_prints_nan_and_its_json_stays_json(tmp_path, image, capsys, monkeypatch):
-    trained = Trained(Overflowing(), ["a", "b", "c"], Normalize([0.5], [0.25]), 16, 1, "folder", {})
-    monkeypatch.setattr("nin.inference.load_trained", lambda *_: trained)
+    trained = Overflowing()
+    trained.info = ModelInfo("overflowing", {}, ["a", "b", "c"], 16, 1, dataset="folder",
+                             preprocess=Normalize([0.5], [0.25]))
+    monkeypatch.setattr("nin.inference.load", lambda *_: trained)
     for json_flag in ([], ["--json"]):
         code, out, err = run_cli(["predict", tmp_path / "model.pt", image, *json_flag], capsys)
         assert code == 2 and out == "" and "nan%" not in err  # nothing printed: no JSON cut short either

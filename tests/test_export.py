@@ -22,7 +22,6 @@ from nin.cli import main
 from nin.data import load_dataset
 from nin.errors import NinError
 from nin.export import ModelInfo, WithPreprocessing, export_model
-from nin.inference import load_trained
 from nin.models import default_cfg
 from tiny_run import CLASSES, train_tiny_run
 
@@ -36,7 +35,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(run):
-    return load_trained(run)
+    return nin.load(run)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +53,7 @@ def run_test_images(run) -> torch.Tensor:
 
 def reference_logits(trained, images: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return trained.model(trained.normalize(images))
+        return trained(trained.info.normalize()(images))
 
 
 def export(run, fmt, out, capsys=None) -> str:
@@ -69,12 +68,12 @@ def test_safetensors_export_writes_the_weights_and_a_json_config(run, trained, t
     assert (tmp_path / "tiny.safetensors").is_file() and (tmp_path / "tiny.json").is_file()
     assert "tiny.safetensors" in out and "tiny.json" in out
     config = json.loads((tmp_path / "tiny.json").read_text())
-    assert config["format"] == "nin-export" and config["format_version"] == 1
+    assert config["format"] == "nin-export" and config["format_version"] == 2  # one format version for every kind
     assert config["model"] == "nin_mnist_bn" and config["model_kwargs"]["num_classes"] == 3
     assert config["classes"] == list(CLASSES)
     assert config["input"].items() >= {"layout": "NCHW", "size": 16, "channels": 3, "dtype": "float32"}.items()
-    assert config["normalization"]["mean"] == pytest.approx(trained.normalize.mean)
-    assert config["normalization"]["std"] == pytest.approx(trained.normalize.std)
+    assert config["normalization"]["mean"] == pytest.approx(trained.info.normalize().mean)
+    assert config["normalization"]["std"] == pytest.approx(trained.info.normalize().std)
     assert all(0 < m < 1 for m in config["normalization"]["mean"])  # the 0..1 scale
 
 
@@ -96,7 +95,7 @@ def test_create_model_with_weights_uses_the_json_arguments(run, trained, test_im
     model = nin.create_model("nin_mnist_bn", weights=tmp_path / "tiny.safetensors").eval()
     assert model.num_classes == 3 and model.info.name == "nin_mnist_bn"
     with torch.no_grad():
-        assert torch.equal(model(trained.normalize(test_images)), reference_logits(trained, test_images))
+        assert torch.equal(model(trained.info.normalize()(test_images)), reference_logits(trained, test_images))
 
 
 def test_create_model_with_weights_alone_and_with_wrong_names_or_shapes(tmp_path):
@@ -208,19 +207,19 @@ def test_torchscript_round_trip(run, trained, test_images, tmp_path, capsys):
 def preprocessed(request, tmp_path_factory):
     """(kind, run, trained, test images): a tiny run with that preprocessing (16x16x3: a 768-dim ZCA)."""
     run = train_tiny_run(tmp_path_factory.mktemp(request.param), preprocess=request.param)
-    return request.param, run, load_trained(run), run_test_images(run)
+    return request.param, run, nin.load(run), run_test_images(run)
 
 
 def test_runs_with_gcn_zca_or_lcn_are_exported_with_their_preprocessing_described(preprocessed, tmp_path):
     kind, run, trained, _ = preprocessed
-    assert trained.normalize.kind == kind and ModelInfo.from_trained(trained).kind == kind  # no refusal
+    assert trained.info.normalize().kind == kind and trained.info.kind == kind  # no refusal
     export(run, "safetensors", tmp_path / "m")
     config = json.loads((tmp_path / "m.json").read_text())
     assert config["format_version"] == 2 and "normalization" not in config  # no mean/std to misapply
     block = config["preprocessing"]
     assert block["kind"] == kind and kind.split("_")[-1] in block["description"].lower()
     assert {k: v for k, v in block.items() if k not in ("description", "tensors")} == {
-        k: (list(v) if isinstance(v, tuple) else v) for k, v in trained.normalize.state_dict().items()
+        k: (list(v) if isinstance(v, tuple) else v) for k, v in trained.info.normalize().state_dict().items()
         if not isinstance(v, torch.Tensor)}
     assert kind in config["input"]["preprocessing"] and config["input"]["dtype"] == "float32"
     from safetensors import safe_open
@@ -229,8 +228,8 @@ def test_runs_with_gcn_zca_or_lcn_are_exported_with_their_preprocessing_describe
         stored = {key: handle.get_tensor(key) for key in handle.keys() if key.startswith("preprocess.")}
     if kind == "gcn_zca":
         assert block["tensors"] == {"mean": "preprocess.mean", "whiten": "preprocess.whiten"}
-        assert torch.equal(stored["preprocess.whiten"], trained.normalize.whiten)
-        assert torch.equal(stored["preprocess.mean"], trained.normalize.mean)
+        assert torch.equal(stored["preprocess.whiten"], trained.info.normalize().whiten)
+        assert torch.equal(stored["preprocess.mean"], trained.info.normalize().mean)
         assert stored["preprocess.whiten"].shape == (768, 768)
     else:
         assert stored == {} and "tensors" not in block
@@ -312,7 +311,7 @@ def test_torch_hub_loads_a_variant_with_weights_from_the_local_repository(run, t
     model = torch.hub.load(str(REPO), "nin_mnist_bn", source="local", weights=str(tmp_path / "tiny.safetensors"))
     assert model.info.classes == list(CLASSES)
     with torch.no_grad():
-        assert torch.equal(model.eval()(trained.normalize(test_images)), reference_logits(trained, test_images))
+        assert torch.equal(model.eval()(trained.info.normalize()(test_images)), reference_logits(trained, test_images))
     fresh = torch.hub.load(str(REPO), "nin_cifar10", source="local", num_classes=7)
     assert fresh.num_classes == 7
 

@@ -10,7 +10,6 @@ import torch
 
 import nin
 from nin.data import load_dataset
-from nin.inference import load_trained
 from nin.train import resume_config
 from tiny_run import write_folder_dataset
 
@@ -28,11 +27,11 @@ def expected_logits() -> torch.Tensor:
 
 
 def test_an_old_checkpoint_loads_and_gives_the_same_logits(test_images):
-    trained = load_trained(OLD / "checkpoint.pt")
+    model = nin.load(OLD / "checkpoint.pt")
     with torch.no_grad():
-        logits = trained.model(trained.normalize(test_images))
+        logits = model(model.info.normalize()(test_images))
     assert torch.allclose(logits, expected_logits(), atol=1e-5)
-    assert trained.classes == ["blue", "green", "red"]
+    assert model.info.classes == ["blue", "green", "red"]
 
 
 def test_an_old_export_loads_and_gives_the_same_logits(test_images):

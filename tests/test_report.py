@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+import nin
 from nin.cli import main
 from nin.data import load_dataset
 from nin.evaluate import evaluate, tta_logits, tta_mode
-from nin.inference import load_trained
 from nin.report import confused_pairs, per_class
 from tiny_run import CLASSES, train_tiny_run
 
@@ -79,11 +79,11 @@ def test_eval_text_output_has_top_k_and_the_most_confused_pairs(run, capsys):
 def test_flip_tta_averages_each_image_with_its_mirror(run, capsys):
     report = eval_json(capsys, run, "--tta")
     assert report["tta"] == "flip"
-    trained = load_trained(run)
-    data = load_dataset("folder", trained.config["root"], "test", image_size=16, channels=3)
+    trained = nin.load(run)
+    data = load_dataset("folder", trained.info.training["root"], "test", image_size=16, channels=3)
     with torch.no_grad():
-        images = trained.normalize(data.images)
-        logits = (trained.model(images) + trained.model(images.flip(3))) / 2
+        images = trained.info.normalize()(data.images)
+        logits = (trained(images) + trained(images.flip(3))) / 2
     expected = (logits.argmax(1) == data.labels).float().mean().item()
     assert report["accuracy"] == pytest.approx(expected)
     plain = eval_json(capsys, run)

@@ -60,12 +60,12 @@ def test_checkpoint_holds_everything_evaluation_needs(tmp_path, fashion_mnist_ro
 
 def test_a_moving_average_of_the_weights_is_what_the_run_evaluates_and_exports(tmp_path, fashion_mnist_root,
                                                                                 monkeypatch):
-    import nin.train
-    from nin.inference import load_trained
+    import nin.train.loop  # the module whose names the run looks up
+    from nin.inference import load
 
     evaluated = []
-    real_evaluate = nin.train.evaluate
-    monkeypatch.setattr(nin.train, "evaluate", lambda model, *a, **k: evaluated.append(
+    real_evaluate = nin.train.loop.evaluate
+    monkeypatch.setattr(nin.train.loop, "evaluate", lambda model, *a, **k: evaluated.append(
         model.features1[0].weight.detach().clone()) or real_evaluate(model, *a, **k))
     fit(small_config(tmp_path, epochs=1, train_subset=512, test_subset=256, ema=0.9, width=NARROW), log=lambda *_: None)
 
@@ -74,22 +74,22 @@ def test_a_moving_average_of_the_weights_is_what_the_run_evaluates_and_exports(t
     weight = "features1.0.weight"
     assert not torch.equal(state["ema_model"][weight], state["model"][weight])
     assert torch.equal(evaluated[-1], state["ema_model"][weight])  # the run's test accuracy is the average's
-    assert torch.equal(load_trained(tmp_path).model.state_dict()[weight], state["ema_model"][weight])  # eval, export
+    assert torch.equal(load(tmp_path).state_dict()[weight], state["ema_model"][weight])  # eval, export
 
 
 def test_tta_gives_the_result_with_test_time_views_and_leaves_the_epochs_plain(tmp_path, fashion_mnist_root,
                                                                               monkeypatch):
-    import nin.train
+    import nin.train.loop  # the module whose names the run looks up
 
     readings = []  # (tta mode, accuracy) of each evaluation, in order
-    real_evaluate = nin.train.evaluate
+    real_evaluate = nin.train.loop.evaluate
 
     def recorded(model, loader, classes, **options):
         metrics = real_evaluate(model, loader, classes, **options)
         readings.append((options.get("tta", ""), metrics["accuracy"]))
         return metrics
 
-    monkeypatch.setattr(nin.train, "evaluate", recorded)
+    monkeypatch.setattr(nin.train.loop, "evaluate", recorded)
     result = fit(small_config(tmp_path, train_subset=512, test_subset=256, tta="flip", width=NARROW),
                  log=lambda *_: None)
 
@@ -130,11 +130,11 @@ def test_lookahead_moves_slow_weights_halfway_every_k_steps_and_restarts_the_mod
 
 
 def test_identity_init_and_lookahead_reach_the_run(tmp_path, fashion_mnist_root, monkeypatch):
-    import nin.train
+    import nin.train.loop  # the module whose names the run looks up
 
     started, synced = [], []
-    real_init, real_after_step = nin.train.identity_init, nin.train.Lookahead.after_step
-    monkeypatch.setattr(nin.train, "identity_init", lambda model: started.append(model) or real_init(model))
+    real_init, real_after_step = nin.train.loop.identity_init, nin.train.Lookahead.after_step
+    monkeypatch.setattr(nin.train.loop, "identity_init", lambda model: started.append(model) or real_init(model))
     monkeypatch.setattr(nin.train.Lookahead, "after_step",
                         lambda self, step, total: synced.append(step) or real_after_step(self, step, total))
     result = fit(small_config(tmp_path, epochs=1, train_subset=256, test_subset=256, identity_init=True,
@@ -227,7 +227,7 @@ def test_learning_rate_warms_up_then_decays_to_zero():
 
 @pytest.mark.parametrize("kind", ["gcn_zca", "lcn"])
 def test_the_papers_preprocessing_is_fitted_saved_and_applied_at_evaluation(tmp_path, kind):
-    from nin.inference import evaluate_trained, load_trained
+    from nin.inference import evaluate_trained, load
     from tiny_run import write_folder_dataset
 
     data = write_folder_dataset(tmp_path / "data", train_per_class=6)
@@ -237,12 +237,12 @@ def test_the_papers_preprocessing_is_fitted_saved_and_applied_at_evaluation(tmp_
         fit(config, log=interrupt_after("epoch 1/2"))
     fit(resume_config(str(tmp_path / "run"), {}), resume=str(tmp_path / "run"), log=lambda *_: None)
 
-    trained = load_trained(tmp_path / "run")
-    assert trained.normalize.kind == kind
+    trained = load(tmp_path / "run")
+    assert trained.info.normalize().kind == kind
     images = load_dataset_images(data)
-    expected = type(trained.normalize).fit(images)(images[:4]) if kind == "gcn_zca" else None
+    expected = type(trained.info.normalize()).fit(images)(images[:4]) if kind == "gcn_zca" else None
     if expected is not None:  # the saved transform is the one fitted on the training images
-        torch.testing.assert_close(trained.normalize(images[:4]), expected)
+        torch.testing.assert_close(trained.info.normalize()(images[:4]), expected)
     assert evaluate_trained(trained)["n"] == 9
 
 
@@ -312,15 +312,15 @@ def test_the_time_left_counts_an_evaluation_only_in_the_epochs_that_evaluate():
 
 def test_a_progressively_resized_run_trains_and_tests_small_then_at_full_size(tmp_path, fashion_mnist_root,
                                                                            monkeypatch):
-    import nin.train
+    import nin.train.loop  # the module whose names the run looks up
 
-    evaluated_sizes, real_evaluate = [], nin.train.evaluate
+    evaluated_sizes, real_evaluate = [], nin.train.loop.evaluate
 
     def evaluate(model, loader, *args, **kwargs):
         evaluated_sizes.append(next(iter(loader))[0].shape[-1])
         return real_evaluate(model, loader, *args, **kwargs)
 
-    monkeypatch.setattr(nin.train, "evaluate", evaluate)
+    monkeypatch.setattr(nin.train.loop, "evaluate", evaluate)
     lines = []
     result = fit(small_config(tmp_path, epochs=3, train_subset=512, progressive_resize=14, eval_every=1),
                  log=lines.append)

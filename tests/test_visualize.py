@@ -7,11 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
+import nin
+from nin.card import ModelInfo
 from nin.cli import main
 from nin.config import TrainConfig
 from nin.data import Normalize, load_image
 from nin.errors import NinError
-from nin.inference import Trained, load_trained
 from nin.models import create_model
 from nin.train import fit
 from nin.rundir import read_metrics
@@ -40,13 +41,13 @@ def check_png(path, min_width=500, max_width=2500, min_height=200, max_height=15
 
 
 def test_each_logit_is_the_mean_of_its_category_confidence_map(run, test_images):
-    trained = load_trained(run)
+    trained = nin.load(run)
     for path in test_images:
-        image = load_image(path, trained.size, trained.channels)
+        image = load_image(path, trained.info.size, trained.info.channels)
         raw, probabilities = confidence_maps(trained, image, upsample=False)
         assert raw.shape == (3, 4, 4)  # 16x16 input, two 3x3/2 poolings
         with torch.no_grad():
-            logits = trained.model(trained.normalize(image.unsqueeze(0)))[0]
+            logits = trained(trained.info.normalize()(image.unsqueeze(0)))[0]
         torch.testing.assert_close(raw.mean(dim=(1, 2)), logits, rtol=0, atol=1e-5)
         torch.testing.assert_close(probabilities, logits.softmax(dim=0), rtol=0, atol=1e-6)
         maps, same = confidence_maps(trained, image)
@@ -71,7 +72,7 @@ def test_visualize_writes_one_png_per_image_named_after_it(run, test_images, tmp
 
 
 def test_the_true_class_comes_from_label_or_the_images_folder(run, test_images, tmp_path, capsys):
-    trained = load_trained(run)
+    trained = nin.load(run)
     assert true_label(test_images[0], list(CLASSES)) == test_images[0].parent.name
     assert true_label(tmp_path / "x.png", list(CLASSES)) is None
     assert true_label(test_images[0], list(CLASSES), "green") == "green"
@@ -85,7 +86,9 @@ def test_many_classes_show_the_ten_most_probable_maps(tmp_path):
     torch.manual_seed(0)
     classes = [f"class {i}" for i in range(25)]
     model = create_model("nin_mnist", num_classes=25).eval()
-    trained = Trained(model, classes, Normalize([0.5], [0.25]), 28, 1, "folder", {})
+    model.info = ModelInfo("nin_mnist", {"num_classes": 25}, classes, 28, 1, dataset="folder",
+                           preprocess=Normalize([0.5], [0.25]))
+    trained = model
     image = torch.randint(0, 256, (28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     path = tmp_path / "digit.png"
     Image.fromarray(image.numpy()).save(path)
@@ -102,7 +105,7 @@ def test_a_fully_connected_head_has_no_category_maps(tmp_path, capsys):
     fit(TrainConfig(model="nin_mnist_bn", head="fc", dataset="folder", root=str(data), image_size=16, epochs=1,
                     batch_size=4, eval_batch_size=8, device="cpu", progress=False, out=str(run), seed=0),
         log=lambda *_: None)
-    trained = load_trained(run)
+    trained = nin.load(run)
     image = load_image(data / "test" / "red" / "0.png", 16, 3)
     with pytest.raises(NinError, match="fully connected head .* no category confidence maps"):
         confidence_maps(trained, image)

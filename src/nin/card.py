@@ -1,7 +1,8 @@
-"""The model card: what a trained model is besides its weights (the variant and its arguments, the
-classes, the input and its preprocessing), and reading it back from a ``nin export`` safetensors file
-and the JSON beside it. Below models.py: nothing here builds a network (``create_model(weights=)``
-and ``nin.load`` do, with what this module reads).
+"""A trained model's description, the model card (the variant and its arguments, the classes, the input
+and its fitted preprocessing), and its serialisation both ways: the model part of a checkpoint
+(``ModelInfo.to_checkpoint`` / ``from_checkpoint``), the JSON of an export (``to_json`` / ``from_json``)
+and a ``nin export`` safetensors file read back (``read_safetensors``). Below models.py: nothing here
+builds a network (``nin.load`` and ``create_model(weights=)`` do, with what this module reads).
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from .errors import NinError
 from .version import __version__
 
 FORMAT = "nin-export"
-FORMAT_VERSION = 2  # 2: the "preprocessing" block (gcn_zca, lcn); standardize exports are still written as 1
+# Every export is written as version 2 (the "preprocessing" block: standardize, gcn_zca, lcn). Version 1,
+# standardize only, is still read: its JSON is version 2's for a standardize model.
+FORMAT_VERSION = 2
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 TENSOR_PREFIX = "preprocess."  # a safetensors export's preprocessing tensors: preprocess.mean, preprocess.whiten
 JSON_KEY = "nin"  # the JSON config is also kept inside each file (safetensors/ONNX metadata, TorchScript extra file)
@@ -26,9 +29,10 @@ JSON_KEY = "nin"  # the JSON config is also kept inside each file (safetensors/O
 class ModelInfo:
     """What a caller needs besides the weights: the architecture, the classes, the input and its preprocessing.
 
-    ``mean``/``std`` are the per-channel standardisation (the default preprocessing); a model trained with
-    another preprocessing (``gcn_zca``, ``lcn``) has ``mean = std = None`` and its state in ``preprocess``
-    (``nin.data.preprocess``'s ``state_dict()``: the settings, and for gcn_zca the mean and whitening tensors)."""
+    ``preprocess`` is the fitted preprocessing (``nin.data.preprocess``: ``Standardize``, ``GcnZca``, ``Lcn``),
+    what ``normalize()`` returns; given as ``mean``/``std`` lists (the per-channel standardisation) or as a
+    ``state_dict()``, it is rebuilt once, here. ``mean``/``std`` are the standardisation's, None for the
+    other kinds."""
 
     name: str
     kwargs: dict
@@ -39,21 +43,20 @@ class ModelInfo:
     std: list[float] | None = None
     dataset: str = ""
     extra: dict = field(default_factory=dict, repr=False)  # the rest of the JSON it was read from
-    preprocess: dict | None = field(default=None, repr=False)  # the state of a preprocessing other than standardize
+    preprocess: object = field(default=None, repr=False)  # the fitted preprocessing (or its state, rebuilt once)
     source: dict | None = field(default=None, repr=False)  # weights converted from elsewhere: where from (nin convert)
-    # the images it learnt from: {"dataset", "splits" ("train", "train+extra"), "val_held_out"}; None: unknown
+    # the images it learnt from: {"dataset", "splits" ("train", "train+extra"), "val_held_out"}, and from a
+    # checkpoint "root" (where the run found them; never exported); None: unknown
     training: dict | None = field(default=None, repr=False)
 
     def __post_init__(self):
-        if self.preprocess is not None and self.preprocess.get("kind", "standardize") == "standardize":
-            self.mean = list(self.preprocess["mean"] if self.mean is None else self.mean)
-            self.std = list(self.preprocess["std"] if self.std is None else self.std)
-            self.preprocess = None
-        if self.preprocess is not None:
-            _preprocessing().check_kind(self.preprocess.get("kind"))
-        elif self.mean is None or self.std is None or len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise NinError(f"normalisation has {_count(self.mean)} means and {_count(self.std)} stds "
-                           f"for {self.channels} channels")
+        if self.preprocess is None or isinstance(self.preprocess, dict):
+            self.preprocess = _rebuilt(self.preprocess, self.mean, self.std, self.channels)
+        elif not hasattr(self.preprocess, "kind"):  # a plain nin.data.Normalize
+            self.preprocess = _preprocessing().Standardize(self.preprocess.mean, self.preprocess.std)
+        standard = self.kind == "standardize"
+        self.mean = list(self.preprocess.mean) if standard else None
+        self.std = list(self.preprocess.std) if standard else None
 
     @property
     def num_classes(self) -> int:
@@ -62,39 +65,52 @@ class ModelInfo:
     @property
     def kind(self) -> str:
         """The preprocessing: standardize, gcn_zca or lcn."""
-        return self.preprocess["kind"] if self.preprocess is not None else "standardize"
+        return self.preprocess.kind
 
-    def preprocess_state(self) -> dict:
-        """The preprocessing's ``state_dict()`` (what ``preprocess_from_state`` rebuilds it from)."""
-        if self.preprocess is not None:
-            return dict(self.preprocess)
-        return {"kind": "standardize", "mean": list(self.mean), "std": list(self.std)}
+    def normalize(self):
+        """The preprocessing that turns uint8 images into this model's input: the fitted ``Standardize``
+        (a ``nin.data.Normalize``), ``GcnZca`` or ``Lcn`` of ``nin.data.preprocess``."""
+        return self.preprocess
 
     def settings(self) -> dict:
         """The preprocessing's scalar settings (no tensors): what the JSON carries."""
-        return {key: value for key, value in self.preprocess_state().items() if not isinstance(value, torch.Tensor)}
+        return _state_part(self.preprocess.state_dict(), tensors=False)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The preprocessing's tensors (gcn_zca's mean and whitening matrix), by state key."""
-        return {key: value for key, value in self.preprocess_state().items() if isinstance(value, torch.Tensor)}
+        return _state_part(self.preprocess.state_dict(), tensors=True)
 
-    def normalize(self):
-        """The preprocessing that turns uint8 images into this model's input: a ``nin.data.Normalize``
-        (``Standardize``), or the run's ``GcnZca`` / ``Lcn`` (``nin.data.preprocess``)."""
-        return _preprocessing().preprocess_from_state(self.preprocess_state())
+    # --- the checkpoint's model part ------------------------------------------------------------------
+
+    def to_checkpoint(self, weights: dict) -> dict:
+        """The model part of a checkpoint (``nin train`` adds the run's state): ``weights`` is the network's
+        state dict. The keys and their contents are those of the first checkpoint format."""
+        return {"model_name": self.name, "model_kwargs": self.kwargs, "model": weights, "classes": self.classes,
+                "normalization": self.preprocess.state_dict(),  # the key's name from the first format
+                "input": {"size": self.size, "channels": self.channels, "dataset": self.dataset}}
 
     @classmethod
-    def from_trained(cls, trained) -> "ModelInfo":
-        state = trained.normalize.state_dict()
-        training = {k: v for k, v in trained.training.items() if k != "root"} if trained.training else None
-        return cls(trained.name, dict(trained.kwargs), list(trained.classes), trained.size, trained.channels,
-                   dataset=trained.dataset, preprocess={"kind": "standardize", **state}, training=training)
+    def from_checkpoint(cls, state: dict, where) -> tuple[dict, "ModelInfo"]:
+        """(the weights, the info) of a checkpoint read by ``nin.checkpoint.load_checkpoint``. The weights
+        are the run's average when it kept one (``--ema``): what eval, predict and export use."""
+        size, channels, dataset = _checked_input(state["input"], where)
+        try:
+            preprocess = _preprocessing().preprocess_from_state(state["normalization"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise NinError(f"{where} is a damaged checkpoint: its preprocessing does not rebuild ({error})") from None
+        config = state["config"] if isinstance(state["config"], dict) else {}
+        training = {"dataset": dataset, "splits": str(config.get("train_split") or "train"),
+                    "val_held_out": config.get("eval_split") == "val", "root": config.get("root") or None}
+        info = cls(state["model_name"], dict(state["model_kwargs"]), list(state["classes"]), size, channels,
+                   dataset=dataset, preprocess=preprocess, training=training)
+        return state.get("ema_model", state["model"]), info
+
+    # --- the export's JSON ----------------------------------------------------------------------------
 
     def to_json(self, file_format: str, file_name: str) -> dict:
         shape = ["batch", self.channels, self.size, self.size]
-        standard = self.kind == "standardize"
         config = {
-            "format": FORMAT, "format_version": 1 if standard else FORMAT_VERSION, "nin_version": __version__,
+            "format": FORMAT, "format_version": FORMAT_VERSION, "nin_version": __version__,
             "file": file_name, "file_format": file_format,
             "model": self.name, "model_kwargs": _jsonable(self.kwargs),
             "classes": list(self.classes), "dataset": self.dataset,
@@ -104,12 +120,12 @@ class ModelInfo:
             "output": {"name": OUTPUT_NAME, "shape": ["batch", self.num_classes], "dtype": "float32",
                        "meaning": "logits, one per class in the order of classes; softmax gives probabilities"},
         }
-        if standard:
+        if self.kind == "standardize":
             config["normalization"] = {"mean": list(self.mean), "std": list(self.std), "scale": "0..1"}
         if self.source:
             config["source"] = _jsonable(self.source)
         if self.training:  # so that nin eval can tell when it is shown the images the model learnt from
-            config["training"] = _jsonable(self.training)
+            config["training"] = _jsonable({k: v for k, v in self.training.items() if k != "root"})
         return config
 
     def _preprocessing_json(self, file_format: str) -> dict:
@@ -121,24 +137,41 @@ class ModelInfo:
         return block
 
     @classmethod
-    def from_json(cls, config: dict, where: str) -> "ModelInfo":
-        """The info a JSON config describes; a gcn_zca config's tensors are not in it (``read_safetensors``
-        adds them from the weights file)."""
-        if not isinstance(config, dict) or config.get("format") != FORMAT:
-            raise NinError(f"{where} is not a nin export config (expected \"format\": \"{FORMAT}\")")
-        if config.get("format_version", 0) > FORMAT_VERSION:
-            raise NinError(f"{where} was written by a newer nin (format version {config['format_version']}); "
-                           "upgrade nin")
+    def from_json(cls, config: dict, where: str, tensors: dict | None = None, *,
+                  tensors_from: str | None = None) -> "ModelInfo":
+        """The info a JSON config describes (format version 1 or 2). ``tensors``: the preprocessing's tensors,
+        which are not in the JSON (``read_safetensors`` passes those of the weights file, ``tensors_from``)."""
+        check_config(config, where)
         try:
             kwargs = dict(config["model_kwargs"])
             if kwargs.get("pools") is not None:
                 kwargs["pools"] = tuple(kwargs["pools"])
             given = config["input"]
-            return cls(config["model"], kwargs, list(config["classes"]), int(given["size"]), int(given["channels"]),
-                       dataset=config.get("dataset", ""), extra=config, preprocess=_preprocess_from_json(config),
-                       source=config.get("source"), training=_training_from_json(config.get("training")))
+            fields = dict(name=config["model"], kwargs=kwargs, classes=list(config["classes"]),
+                          size=int(given["size"]), channels=int(given["channels"]),
+                          dataset=config.get("dataset", ""), extra=config, source=config.get("source"),
+                          training=_training_from_json(config.get("training")))
+            state = _preprocess_from_json(config)
         except (KeyError, TypeError, ValueError) as error:
             raise NinError(f"{where}: incomplete nin export config ({type(error).__name__}: {error})") from None
+        if state.get("kind") == "standardize":  # checked against the channels, as lists given by hand are
+            return cls(**fields, mean=state["mean"], std=state["std"])
+        _preprocessing().check_kind(state.get("kind"))
+        try:
+            preprocess = _preprocessing().preprocess_from_state({**state, **(tensors or {})})
+        except NinError as error:
+            raise NinError(f"{tensors_from or where}: cannot rebuild its {state.get('kind')} preprocessing "
+                           f"({error})") from None
+        return cls(**fields, preprocess=preprocess)
+
+
+def check_config(config, where) -> None:
+    """A nin export config that this nin reads (format versions up to FORMAT_VERSION)."""
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise NinError(f"{where} is not a nin export config (expected \"format\": \"{FORMAT}\")")
+    if config.get("format_version", 0) > FORMAT_VERSION:
+        raise NinError(f"{where} was written by a newer nin (format version {config['format_version']}); "
+                       "upgrade nin")
 
 
 DESCRIPTIONS = {
@@ -169,7 +202,9 @@ def _input_description(kind: str, file_format: str) -> dict:
                              f"preprocessing{where}, on pixels 0..255"}
 
 
-def _preprocess_from_json(config: dict) -> dict | None:
+def _preprocess_from_json(config: dict) -> dict:
+    """The preprocessing's state without its tensors: version 1 (and a standardize version 2) keeps the mean
+    and std in "normalization", the other kinds' settings are the "preprocessing" block."""
     block = config.get("preprocessing") or {"kind": "standardize"}
     if block.get("kind", "standardize") == "standardize":
         norm = config["normalization"]
@@ -185,12 +220,42 @@ def _training_from_json(block) -> dict | None:
     return {"dataset": block["dataset"], "splits": block["splits"], "val_held_out": block.get("val_held_out") is True}
 
 
+def _rebuilt(state: dict | None, mean, std, channels: int):
+    """The fitted preprocessing of a state, or of ``mean``/``std`` lists (a standardisation, one value per channel)."""
+    state = state if state is not None else {"kind": "standardize", "mean": mean, "std": std}
+    if state.get("kind", "standardize") == "standardize":
+        means, stds = _count(state.get("mean")), _count(state.get("std"))
+        if means != channels or stds != channels:
+            raise NinError(f"normalisation has {means} means and {stds} stds for {channels} channels")
+    return _preprocessing().preprocess_from_state(state)
+
+
+def _checked_input(given, where) -> tuple[int, int, str]:
+    """A checkpoint's input (size, channels, data set), each of a kind a model can take."""
+    problem = None
+    if not isinstance(given, dict) or not {"size", "channels", "dataset"} <= set(given):
+        problem = f"its input record {given!r} lacks size, channels or dataset"
+    elif type(given["size"]) is not int or not 1 <= given["size"] <= 4096:
+        problem = f"its input size {given['size']!r} is not a size in pixels"
+    elif given["channels"] not in (1, 3) or type(given["channels"]) is not int:
+        problem = f"its input has {given['channels']!r} channels (1 or 3 expected)"
+    elif not isinstance(given["dataset"], str):
+        problem = f"its data set {given['dataset']!r} is not a name"
+    if problem:
+        raise NinError(f"{where} is a damaged checkpoint: {problem}")
+    return given["size"], given["channels"], given["dataset"]
+
+
+def _state_part(state: dict, *, tensors: bool) -> dict:
+    return {key: value for key, value in state.items() if isinstance(value, torch.Tensor) == tensors}
+
+
 def _count(values) -> int:
     return 0 if values is None else len(values)
 
 
 def _preprocessing():
-    from .data import preprocess  # lazy: `import nin` does not load the data readers
+    from .data import preprocess  # lazy: `import nin.card` does not load the data readers
 
     return preprocess
 
@@ -203,65 +268,65 @@ def _jsonable(value):
     return value
 
 
-# --- loading ----------------------------------------------------------------------------------------
+# --- reading an export back ---------------------------------------------------------------------------
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict, ModelInfo | None]:
     """(the network's state dict, its ModelInfo or None): the JSON beside the file, else the copy inside
     the file. The preprocessing's tensors (``preprocess.*``) go into the ModelInfo, not the state dict."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path).expanduser()
     if path.suffix == ".json":
-        info = _read_json(path)
-        if info.extra.get("file_format") != "safetensors":
-            raise NinError(f"{path} describes a {info.extra.get('file_format')} export; nin.load and "
-                           "create_model(weights=...) read safetensors weights")
-        path = path.with_name(info.extra["file"])
+        path = _weights_named_in(path)
     if path.suffix != ".safetensors":
         raise NinError(f"weights must be a .safetensors file (written by `nin export`), got {path}")
     if not path.is_file():
         raise NinError(f"no weights at {path}")
+    state, embedded = _read_tensors(path)
+    tensors = {name[len(TENSOR_PREFIX):]: state.pop(name) for name in list(state) if name.startswith(TENSOR_PREFIX)}
+    config, where = _config_of(path, embedded)
+    if config is None:
+        return state, None
+    return state, ModelInfo.from_json(config, where, tensors, tensors_from=str(path))
+
+
+def _weights_named_in(path: Path) -> Path:
+    """The safetensors file a JSON config names."""
+    config = _read_json(path)
+    check_config(config, str(path))
+    if config.get("file_format") != "safetensors":
+        raise NinError(f"{path} describes a {config.get('file_format')} export; nin.load and "
+                       "create_model(weights=...) read safetensors weights")
+    if not isinstance(config.get("file"), str):
+        raise NinError(f"{path}: incomplete nin export config (it names no file)")
+    return path.with_name(config["file"])
+
+
+def _read_tensors(path: Path) -> tuple[dict, str | None]:
+    """(every tensor of the file, the JSON config kept in its metadata or None)."""
+    from safetensors import SafetensorError, safe_open
+
     try:
         with safe_open(str(path), framework="pt") as handle:
             state = {key: handle.get_tensor(key) for key in handle.keys()}
-            embedded = (handle.metadata() or {}).get(JSON_KEY)
+            return state, (handle.metadata() or {}).get(JSON_KEY)
     except (SafetensorError, OSError, ValueError) as error:
         raise NinError(f"{path} is not a readable safetensors file ({str(error).splitlines()[0]})") from None
-    tensors = {name[len(TENSOR_PREFIX):]: state.pop(name) for name in list(state) if name.startswith(TENSOR_PREFIX)}
-    info = _config_of(path, embedded)
-    if info is not None:
-        _attach_tensors(info, tensors, path)
-    return state, info
 
 
-def _config_of(path: Path, embedded: str | None) -> ModelInfo | None:
+def _config_of(path: Path, embedded: str | None) -> tuple[dict | None, str]:
+    """(the JSON config, where it was read): the file beside the weights, else the copy inside them."""
     beside = path.with_suffix(".json")
     if beside.is_file():
-        return _read_json(beside)
-    if embedded:
-        try:
-            return ModelInfo.from_json(json.loads(embedded), str(path))
-        except ValueError:
-            pass
-    return None
-
-
-def _attach_tensors(info: ModelInfo, tensors: dict, path: Path) -> None:
-    """Give a read config its preprocessing tensors, and check that the preprocessing rebuilds."""
-    if info.preprocess is None:
-        return
-    info.preprocess.update(tensors)
+        return _read_json(beside), str(beside)
     try:
-        info.normalize()
-    except NinError as error:
-        raise NinError(f"{path}: cannot rebuild its {info.kind} preprocessing ({error})") from None
+        return (json.loads(embedded) if embedded else None), str(path)
+    except ValueError:
+        return None, str(path)
 
 
-def _read_json(path: Path) -> ModelInfo:
+def _read_json(path: Path):
     try:
-        config = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
         raise NinError(f"no export config at {path}") from None
     except (OSError, ValueError) as error:
         raise NinError(f"{path} is not a readable JSON file ({error})") from None
-    return ModelInfo.from_json(config, str(path))

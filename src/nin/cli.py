@@ -184,7 +184,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .inference import evaluate_trained, load_trained
+    from .inference import evaluate_trained, load
     from .evaluate import format_report, metrics_json
     from .plotting import require_matplotlib
     from .report import confused_pairs, format_pairs, write_report
@@ -196,14 +196,14 @@ def cmd_eval(args) -> int:
         require_matplotlib("--report")  # before the evaluation, not after it
     if args.checkpoint is None and args.weights is None:
         args.command_parser.error("the following arguments are required: RUN_DIR_OR_CHECKPOINT (or --weights NAME)")
-    trained = load_trained(_model_path(args.checkpoint, args.weights), resolve_device(args.device))
+    trained = load(_model_path(args.checkpoint, args.weights), resolve_device(args.device), command=True)
     seen = _seen(trained, args)
     metrics = evaluate_trained(trained, args.dataset, args.root, args.split, topk=(1, args.topk), tta=args.tta or "",
                                amp=args.amp)
     metrics.setdefault("tta", False)
-    metrics["confused_pairs"] = confused_pairs(metrics["confusion"], trained.classes, limit=10)
+    metrics["confused_pairs"] = confused_pairs(metrics["confusion"], trained.info.classes, limit=10)
     if args.report:
-        files = write_report(metrics, trained.classes, args.report)
+        files = write_report(metrics, trained.info.classes, args.report)
         metrics["report"] = {name: str(path) for name, path in files.items()}
     if args.json:
         print(metrics_json(metrics))
@@ -283,7 +283,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .inference import load_trained, predict_files
+    from .inference import load, predict_files
     from .hardware import resolve_device
 
     if args.topk < 1:
@@ -291,7 +291,7 @@ def cmd_predict(args) -> int:
     checkpoint, images = (None, args.paths) if args.weights else (args.paths[0], args.paths[1:])
     if not images:
         raise NinError("nin predict needs a run (or --weights NAME) and at least one image")
-    trained = load_trained(_model_path(checkpoint, args.weights), resolve_device(args.device))
+    trained = load(_model_path(checkpoint, args.weights), resolve_device(args.device), command=True)
     results = predict_files(trained, images, args.topk, amp=args.amp)
     if args.json:
         print(json.dumps(list(results), allow_nan=False))  # predict_files refuses what is not a number
@@ -317,13 +317,13 @@ def _model_path(checkpoint: str | None, weights: str | None):
 
 
 def cmd_visualize(args) -> int:
-    from .inference import load_trained
+    from .inference import load
     from .hardware import resolve_device
     from .plotting import require_matplotlib
     from .visualize import visualize_files
 
     require_matplotlib("nin visualize")  # before loading anything
-    trained = load_trained(args.checkpoint, resolve_device(args.device))
+    trained = load(args.checkpoint, resolve_device(args.device), command=True)
     for result in visualize_files(trained, args.images, args.out, label=args.label, max_maps=args.max_maps):
         truth = f", true {result.label}" if result.label is not None else ""
         print(f"{result.path}: predicted {result.predicted} {100 * result.probability:.1f}%{truth}")

@@ -1,5 +1,5 @@
 """Exports of a trained model: safetensors weights + a JSON config, ONNX, TorchScript, each checked
-(reading them back: ``nin.card``, ``nin.load``).
+(the JSON and reading it back: ``nin.card``; the model back: ``nin.load``).
 
 Every export writes ``BASE.<suffix>`` and a JSON file beside it, ``BASE.json``, that says what the file
 is (model name and arguments, class names, preprocessing) and exactly what a caller must feed it:
@@ -35,7 +35,7 @@ from torch import nn
 from .card import FORMAT, INPUT_NAME, JSON_KEY, OUTPUT_NAME, TENSOR_PREFIX, ModelInfo
 from .checkpoint import resolve_checkpoint
 from .errors import NinError
-from .inference import load_trained
+from .inference import load
 
 FORMATS = ("safetensors", "onnx", "torchscript")
 SUFFIXES = {"safetensors": ".safetensors", "onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -86,12 +86,11 @@ def export_checkpoint(checkpoint: str | os.PathLike, file_format: str, out: str 
     Returns {"model": path, "config": path, "max_abs_diff": float or None (ONNX/TorchScript check)}."""
     check_format(file_format)
     source = resolve_checkpoint(checkpoint)
-    trained = load_trained(source, "cpu")
-    info = ModelInfo.from_trained(trained)
+    model = load(source, "cpu", command=True)
     model_path, _ = export_paths(out if out is not None else source.parent / "model", file_format)
     if model_path.resolve() == source.resolve():
         raise NinError(f"--out {out} would overwrite the checkpoint it exports; pick another --out")
-    return export_model(trained.model, info, file_format, model_path, check=check)
+    return export_model(model, model.info, file_format, model_path, check=check)
 
 
 def export_model(model: nn.Module, info: ModelInfo, file_format: str, out: str | os.PathLike,

@@ -35,8 +35,8 @@ PREDICTED_COLOUR, TRUE_COLOUR, CORRECT_COLOUR = "#d62728", "#1f77b4", "#2ca02c" 
 
 # --- category confidence maps -------------------------------------------------------------------------
 
-def _check_gap(trained) -> None:
-    head = getattr(trained.model, "head", "gap")
+def _check_gap(model) -> None:
+    head = getattr(model, "head", "gap")
     if head != "gap":
         raise NinError(f"this model has a fully connected head (head={head!r}): its last mlpconv layer's "
                        "maps are features for that layer, not one map per class, so it has no category "
@@ -44,27 +44,26 @@ def _check_gap(trained) -> None:
 
 
 @torch.inference_mode()
-def confidence_maps(trained, image_uint8: torch.Tensor, *, upsample: bool = True
+def confidence_maps(model, image_uint8: torch.Tensor, *, upsample: bool = True
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """The category confidence maps of one image and the class probabilities.
 
-    ``trained``: a ``nin.inference.Trained`` (GAP head); ``image_uint8``: (C, H, W) or (1, C, H, W)
+    ``model``: a trained model from ``nin.load`` (GAP head); ``image_uint8``: (C, H, W) or (1, C, H, W)
     pixels of the model's size and channels (``nin.data.load_image`` makes them), preprocessed here
     with the training run's normalisation. Returns ``maps`` (classes, H, W), the last mlpconv layer's
     output upsampled bilinearly to the image's size (``upsample=False``: as the network computes them,
     (classes, h, w), whose means are exactly the logits), and ``probabilities`` (classes,), the
     softmax of the logits. Both float32 on the CPU."""
-    _check_gap(trained)
+    _check_gap(model)
     image = image_uint8.unsqueeze(0) if image_uint8.ndim == 3 else image_uint8
     if image.ndim != 4 or image.shape[0] != 1:
         raise NinError(f"confidence_maps takes one image (C, H, W), got shape {tuple(image_uint8.shape)}")
-    if image.shape[1] != trained.channels:
-        raise NinError(f"the model takes {trained.channels}-channel images, got {image.shape[1]} channels")
-    model = trained.model
+    if image.shape[1] != model.info.channels:
+        raise NinError(f"the model takes {model.info.channels}-channel images, got {image.shape[1]} channels")
     was_training = model.training
     model.eval()
     try:
-        inputs = trained.normalize(image.to(trained.device))
+        inputs = model.info.normalize()(image.to(next(model.parameters()).device))
         maps = model.forward_features(inputs)
         probabilities = model.forward_head(maps).float().softmax(dim=1)[0]
     finally:
@@ -112,15 +111,16 @@ def _output_names(paths: list[str]) -> list[str]:
     return [f"{name}.png" for name in names]
 
 
-def visualize_files(trained, paths: list[str], out_dir: str | os.PathLike = "visualizations", *,
+def visualize_files(model, paths: list[str], out_dir: str | os.PathLike = "visualizations", *,
                     label: str | None = None, max_maps: int = MAX_MAPS) -> list[Visualized]:
     """One figure-4 PNG per image file in ``out_dir``; returns what each shows."""
     require_matplotlib("nin visualize")
-    _check_gap(trained)
+    _check_gap(model)
+    info = model.info
     if max_maps < 1:
         raise NinError(f"--max-maps must be 1 or more, got {max_maps}")
-    labels = [true_label(path, trained.classes, label) for path in paths]  # a bad --label fails first
-    images = [load_image(path, trained.size, trained.channels) for path in paths]
+    labels = [true_label(path, info.classes, label) for path in paths]  # a bad --label fails first
+    images = [load_image(path, info.size, info.channels) for path in paths]
     folder = Path(out_dir).expanduser()
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -128,15 +128,15 @@ def visualize_files(trained, paths: list[str], out_dir: str | os.PathLike = "vis
         raise NinError(f"cannot create {folder}: {error.strerror or error}") from None
     results = []
     for path, image, truth, name in zip(paths, images, labels, _output_names(paths)):
-        raw, probabilities = confidence_maps(trained, image, upsample=False)
+        raw, probabilities = confidence_maps(model, image, upsample=False)
         maps = F.interpolate(raw.unsqueeze(0), size=tuple(image.shape[1:]), mode="bilinear",
                              align_corners=False)[0]  # exactly what confidence_maps(upsample=True) returns
         target = folder / name
-        shown = plot_confidence_maps(image, maps, probabilities, trained.classes, target,
+        shown = plot_confidence_maps(image, maps, probabilities, info.classes, target,
                                      logits=raw.mean(dim=(1, 2)), title=_display_name(path), label=truth,
                                      max_maps=max_maps)
         best = int(probabilities.argmax())
-        results.append(Visualized(str(path), target, trained.classes[best], float(probabilities[best]),
+        results.append(Visualized(str(path), target, info.classes[best], float(probabilities[best]),
                                   truth, shown))
     return results
 
