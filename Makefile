@@ -37,8 +37,10 @@ run: data
 	@root=$$([ -d $(FASHION_MNIST_SYSTEM_DIR) ] || echo data); \
 	$(NIN) train --recipe fashion-mnist $${root:+--root $$root}
 
+# one pytest worker per core (pytest-xdist); a file's tests stay on one worker, so that its module fixtures
+# (small trained runs) are made once
 test: $(VENV)/.dev data
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --dist loadfile
 
 bench: $(VENV)/.dev data
 	$(PY) benchmarks/fashion_mnist.py

@@ -1,4 +1,6 @@
 """Shared fixtures: a private data cache, and the real Fashion-MNIST that `make test` installs."""
+import os
+
 import pytest
 import torch
 
@@ -24,3 +26,11 @@ def fashion_mnist_root():
 @pytest.fixture(autouse=True)
 def deterministic_threads():
     torch.manual_seed(0)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs one worker per core) each worker's torch gets its share of the
+    cores: two workers with a thread per core each would fight over the same cores."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
