@@ -73,8 +73,12 @@ def test_the_drawn_lines_reach_every_option():
 # --- the other commands -------------------------------------------------------------------------------
 
 def command_options(name: str, skip: tuple[str, ...] = ("-h",)) -> dict[str, argparse.Action]:
+    """A command's options and its subcommands' (nin data pack's, nin data verify's), by flag."""
     commands = next(a for a in get_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return {action.option_strings[0]: action for action in commands.choices[name]._actions
+    parser = commands.choices[name]
+    nested = [sub for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+              for sub in action.choices.values()]
+    return {action.option_strings[0]: action for each in (parser, *nested) for action in each._actions
             if action.option_strings and action.option_strings[0] not in skip}
 
 

@@ -54,8 +54,8 @@ def _subparsers(parser: argparse.ArgumentParser):
                 yield name, sub, helps.get(name, "")
 
 
-def _command(name: str, parser: argparse.ArgumentParser, summary: str, level: int) -> list[str]:
-    out = [f"{'#' * level} {parser.prog}", ""]
+def _command(title: str, parser: argparse.ArgumentParser, summary: str, level: int) -> list[str]:
+    out = [f"{'#' * level} {title}", ""]
     if summary:
         out += [_cell(summary)[0].upper() + _cell(summary)[1:] + ".", ""]
     if parser.description and parser.description != summary:
@@ -73,8 +73,8 @@ def _command(name: str, parser: argparse.ArgumentParser, summary: str, level: in
         out += ["| argument | default | what it does |", "|---|---|---|"]
         out += [f"| {_flags(a)} | {_default(a)} | {_cell(_help(parser, a))} |" for a in actions]
         out.append("")
-    for sub_name, sub, sub_summary in _subparsers(parser):
-        out += _command(sub_name, sub, sub_summary, level + 1)
+    for sub_name, sub, sub_summary in _subparsers(parser):  # nin data pack, nin data verify...
+        out += _command(f"{title} {sub_name}", sub, sub_summary, level + 1)
     return out
 
 
@@ -84,7 +84,7 @@ def render() -> str:
     columns = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = "78"  # argparse wraps usage lines to the terminal's width: the page's, here
     try:
-        parser = get_parser()
+        parser = get_parser(experimental=True)  # nin train's experimental options too, in their own group
         return _page(parser)
     finally:
         if columns is None:
@@ -103,7 +103,7 @@ def _page(parser: argparse.ArgumentParser) -> str:
               for name, _, summary in commands]
     lines.append("")
     for name, sub, summary in commands:
-        lines += _command(name, sub, summary, 2)
+        lines += _command(f"nin {name}", sub, summary, 2)
     return "\n".join(lines) + "\n"
 
 

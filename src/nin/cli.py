@@ -5,6 +5,7 @@ Every user error is a ``NinError``: printed as one line ``nin: error: ...`` with
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import sys
@@ -13,6 +14,7 @@ import warnings
 from .version import __version__
 from .config import (REPRODUCE_FIELDS, TTA_MODES, add_arguments, from_dict, list_recipes, load_recipe,
                      overrides_from_args, read_recipe)
+from .defaults import RULES as DEFAULT_RULES
 from .errors import Interrupted, NinError
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: the run stopped cleanly and can be resumed
@@ -22,6 +24,8 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a Unix tool returns when its reade
 WEIGHTS_HELP = "shipped weights instead of a run: fashion-mnist (nin_mnist_bn), fashion-mnist-plain (nin_mnist)"
 DEVICE_HELP = "auto (the default: a CUDA GPU when there is one), cpu, cuda or cuda:N"
 MODEL_HELP = "a run folder, a checkpoint (.pt) or a safetensors export with its JSON (nin export's default)"
+AMP_HELP = "bf16 autocast: auto (on CUDA and on CPUs with AMX or AVX512-BF16), bf16 (always), off"
+DATA_SETS = "mnist, fashion-mnist, cifar10, cifar100, svhn or folder"
 
 
 class Parser(argparse.ArgumentParser):
@@ -31,16 +35,49 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def get_parser() -> argparse.ArgumentParser:
+def get_parser(experimental: bool = False) -> argparse.ArgumentParser:
+    """The ``nin`` command's parser; ``experimental``: nin train's help lists its experimental options too
+    (as ``nin train --help-experimental`` and the command-line reference do)."""
     parser = Parser(prog="nin", description="Network In Network: train, evaluate, predict.")
     parser.add_argument("--version", action="version", version=f"nin {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_train_parser(commands, experimental)
+    _add_eval_parser(commands)
+    _add_export_parser(commands)
+    _add_convert_parser(commands)
+    _add_predict_parser(commands)
+    _add_data_parser(commands)
+    _add_visualize_parser(commands)
+    _add_plot_parser(commands)
+    _add_reproduce_parser(commands)
+    commands.add_parser("models", help="list the model variants").set_defaults(handler=cmd_models)
+    commands.add_parser("recipes", help="list the shipped recipes").set_defaults(handler=cmd_recipes)
+    for sub in commands.choices.values():  # its errors name the command: "see nin train --help"
+        sub.set_defaults(command_parser=sub)
+    return parser
 
-    train = commands.add_parser("train", help="train a recipe; every recipe field is a flag")
+
+class _ExperimentalHelp(argparse.Action):
+    """``nin train --help-experimental``: nin train's help with the experimental options listed."""
+
+    def __init__(self, option_strings, dest, help=None):
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        get_parser(experimental=True).parse_args(["train", "--help"])  # prints it and exits
+
+
+def _add_train_parser(commands, experimental: bool) -> None:
+    train = commands.add_parser("train", help="train a recipe; every recipe field is a flag",
+                                usage="nin train [--recipe NAME | --resume RUN_DIR] [OPTION ...]")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR where it stopped")
-    add_arguments(train)
+    train.add_argument("--help-experimental", action=_ExperimentalHelp,
+                       help="show this help with the experimental options (ablations) too, and exit")
+    add_arguments(train, experimental=experimental, rules=DEFAULT_RULES)
     train.set_defaults(handler=cmd_train)
 
+
+def _add_eval_parser(commands) -> None:
     evaluate = commands.add_parser("eval", help="test accuracy, error and per-class accuracy of a run")
     evaluate.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT", nargs="?",
                           help=f"{MODEL_HELP} (or --weights)")
@@ -54,13 +91,14 @@ def get_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--report", metavar="DIR", help="write the confusion matrix (CSV, PNG), per-class "
                           "accuracy (CSV, PNG), the most confused pairs (CSV) and metrics.json into DIR")
     evaluate.add_argument("--topk", type=int, default=5, metavar="K", help="also report top-K accuracy (default 5)")
-    evaluate.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
-                          help="bf16 autocast: auto (on CUDA and on CPUs with AMX or AVX512-BF16), bf16 (always), off")
+    evaluate.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help=AMP_HELP)
     evaluate.add_argument("--tta", nargs="?", const="flip", choices=TTA_MODES, metavar="{flip,shift,flip-shift}",
                           help="test-time augmentation: flip (the default: each image and its mirror image averaged; "
                                "data sets that allow flips), shift (moved one pixel each way), flip-shift (both)")
     evaluate.set_defaults(handler=cmd_eval)
 
+
+def _add_export_parser(commands) -> None:
     export = commands.add_parser("export", help="write a run's model as safetensors + JSON, ONNX or TorchScript")
     export.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT", help="a run folder or a checkpoint (.pt)")
     export.add_argument("--format", default="safetensors", metavar="{safetensors,onnx,torchscript}",
@@ -70,6 +108,8 @@ def get_parser() -> argparse.ArgumentParser:
                         "(default: model beside the checkpoint)")
     export.set_defaults(handler=cmd_export)
 
+
+def _add_convert_parser(commands) -> None:
     convert = commands.add_parser("convert", help="weights released elsewhere as a nin export (the authors' "
                                   "Caffe models, pytorchcv, neural-style)")
     convert.add_argument("source", choices=["caffe", "torch"],
@@ -93,6 +133,8 @@ def get_parser() -> argparse.ArgumentParser:
     convert.add_argument("--root", help="where that data set lies")
     convert.set_defaults(handler=cmd_convert)
 
+
+def _add_predict_parser(commands) -> None:
     predict = commands.add_parser("predict", help="top-k classes for image files")
     predict.add_argument("paths", nargs="+", metavar="[CHECKPOINT] IMAGE",
                          help=f"{MODEL_HELP}, then the images (only the images with --weights); ONNX and "
@@ -102,33 +144,89 @@ def get_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help=DEVICE_HELP)
     predict.add_argument("--json", action="store_true", help="print one JSON list: per image its classes and "
                          "probabilities")
-    predict.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
-                         help="bf16 autocast: auto (on CUDA and on CPUs with AMX or AVX512-BF16), bf16 (always), off")
+    predict.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help=AMP_HELP)
     predict.set_defaults(handler=cmd_predict)
 
-    data = commands.add_parser("data", help="check (or download) a data set and print its size; pack it",
-                               usage="nin data DATASET [--root DIR] [--download]\n"
-                                     "       nin data pack DATASET [--root DIR] --out PACK [--image-size N] "
-                                     "[--channels {1,3}] [--skip-bad-images]\n"
-                                     "       nin data verify PACK",
-                               description="nin data pack decodes a data set once into PACK, which any command "
-                                           "then reads through a memory map with --root PACK (for data larger "
-                                           "than memory); nin data verify PACK checks it against its "
-                                           "header's checksums")
-    data.add_argument("dataset", metavar="DATASET", help="a data set (mnist, fashion-mnist, cifar10, cifar100, "
-                      "svhn, folder), or pack, or verify")
-    data.add_argument("packed", metavar="PACKED_DATASET", nargs="?", help=argparse.SUPPRESS)
-    data.add_argument("--root", help="where the data set lies (default: ./data)")
-    data.add_argument("--download", action="store_true", help="fetch it with torchvision (checksummed)")
-    data.add_argument("--out", metavar="PACK", help="nin data pack: the pack's folder (new, or a stopped pack's)")
-    data.add_argument("--image-size", type=int, help="nin data pack: pixels a side (default: the data set's own; "
-                      "an image folder's: 32)")
-    data.add_argument("--channels", type=int, choices=(1, 3), help="nin data pack: default the data set's own")
-    data.add_argument("--skip-bad-images", action="store_true",
-                      help="nin data pack: skip unreadable images (counted, listed in PACK/SPLIT.skipped.txt) "
-                           "instead of stopping at the first")
-    data.set_defaults(handler=cmd_data)
 
+class _DataCommands(argparse._SubParsersAction):
+    """nin data's subcommands, where a first word that names none is a data set: ``nin data mnist`` is
+    parsed by the DATASET parser (argparse has no default subcommand)."""
+
+    class _EveryWord(collections.UserDict):
+        def __contains__(self, word) -> bool:  # argparse checks the first word against the choices: all pass
+            return True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.choices = self._EveryWord()
+        self.choices.data = self._name_parser_map  # the same parsers, by name
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values[0] not in self._name_parser_map:
+            values = ["DATASET", *values]
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _add_data_parser(commands) -> None:
+    data = commands.add_parser("data", help="check (or download) a data set and print its size; pack it, verify "
+                               "a pack",
+                               usage="nin data DATASET [--root DIR] [--download]\n"
+                                     "       nin data pack DATASET --out PACK [OPTION ...]\n"
+                                     "       nin data verify PACK",
+                               description="nin data DATASET checks (or downloads) a data set and prints its "
+                                           "size; nin data pack decodes one once into PACK, which any command "
+                                           "then reads through a memory map with --root PACK (for data larger "
+                                           "than memory); nin data verify checks a pack against its header's "
+                                           "checksums. nin data SUBCOMMAND --help says more.")
+    subcommands = data.add_subparsers(dest="data_command", required=True, action=_DataCommands,
+                                      prog="nin data", metavar="{DATASET,pack,verify}",
+                                      help="a data set to check, or a subcommand")
+    _add_data_check_parser(subcommands)
+    _add_pack_parser(subcommands)
+    _add_verify_parser(subcommands)
+
+
+def _add_data_check_parser(subcommands) -> None:
+    check = subcommands.add_parser("DATASET", prog="nin data", usage="nin data DATASET [--root DIR] [--download]",
+                                   help="check (or --download) a data set and print its size",
+                                   description=f"Check (or download) a data set ({DATA_SETS}) and print the size of "
+                                               "each split.")
+    check.add_argument("dataset", metavar="DATASET", help=f"a data set: {DATA_SETS}")
+    check.add_argument("--root", metavar="DIR", help="where the data set lies (default: ./data)")
+    check.add_argument("--download", action="store_true", help="fetch it with torchvision (checksummed)")
+    check.set_defaults(handler=cmd_data, command_parser=check, refuse_unknown=_pack_only)
+
+
+def _add_pack_parser(subcommands) -> None:
+    pack = subcommands.add_parser("pack", help="decode a data set once into a pack (data larger than memory)",
+                                  usage="nin data pack DATASET --out PACK [--root DIR] [--image-size N] "
+                                        "[--channels {1,3}] [--skip-bad-images]",
+                                  description="Decode a data set once into PACK: raw pixels and labels, read "
+                                              "through a memory map by any command given --root PACK (for data "
+                                              "larger than memory). A stopped pack resumes when the same command "
+                                              "runs again.")
+    pack.add_argument("dataset", metavar="DATASET", nargs="?", help=f"the data set to pack: {DATA_SETS}")
+    pack.add_argument("--out", metavar="PACK", help="the pack's folder (new, or a stopped pack's)")
+    pack.add_argument("--root", metavar="DIR", help="where the data set lies (default: ./data)")
+    pack.add_argument("--image-size", type=int, metavar="N", help="pixels a side (default: the data set's own; an "
+                      "image folder's: 32)")
+    pack.add_argument("--channels", type=int, choices=(1, 3), help="default: the data set's own")
+    pack.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (counted, listed in "
+                      "PACK/SPLIT.skipped.txt) instead of stopping at the first")
+    pack.set_defaults(handler=cmd_data_pack, command_parser=pack, refuse_unknown=_no_download)
+
+
+def _add_verify_parser(subcommands) -> None:
+    verify = subcommands.add_parser("verify", help="check a pack against its header's checksums",
+                                    usage="nin data verify PACK",
+                                    description="Re-read every split of a pack and check its size, labels and "
+                                                "SHA-256 against its header (pack.json).")
+    verify.add_argument("pack", metavar="PACK", nargs="?", help="a pack's folder (nin data pack --out)")
+    verify.set_defaults(handler=cmd_data_verify, command_parser=verify,
+                        refuse_unknown=lambda unknown: f"nin data verify takes a PACK folder alone, not {unknown[0]}")
+
+
+def _add_visualize_parser(commands) -> None:
     visualize = commands.add_parser("visualize", help="category confidence maps of images, the paper's figure 4 "
                                     "(one PNG per image)")
     visualize.add_argument("checkpoint", metavar="CHECKPOINT", help=MODEL_HELP)
@@ -142,11 +240,15 @@ def get_parser() -> argparse.ArgumentParser:
     visualize.add_argument("--device", default="auto", help=DEVICE_HELP)
     visualize.set_defaults(handler=cmd_visualize)
 
+
+def _add_plot_parser(commands) -> None:
     plot = commands.add_parser("plot", help="learning curves of a run (loss, accuracy, learning rate) as a PNG")
     plot.add_argument("run", metavar="RUN_DIR", help="a run folder (or its metrics.csv)")
     plot.add_argument("--out", metavar="PNG", help="default: RUN_DIR/curves.png")
     plot.set_defaults(handler=cmd_plot)
 
+
+def _add_reproduce_parser(commands) -> None:
     reproduce = commands.add_parser("reproduce", help="run the paper's rows (nin reproduce --list) and write "
                                     "results.md")
     reproduce.add_argument("target", nargs="?", help="all (the paper), best (the best-known recipes), claims (the "
@@ -159,14 +261,6 @@ def get_parser() -> argparse.ArgumentParser:
                            "./reproduce)")
     add_arguments(reproduce, only=REPRODUCE_FIELDS)  # where and how long the rows run, not what they are
     reproduce.set_defaults(handler=cmd_reproduce)
-
-    models = commands.add_parser("models", help="list the model variants")
-    models.set_defaults(handler=cmd_models)
-    recipes = commands.add_parser("recipes", help="list the shipped recipes")
-    recipes.set_defaults(handler=cmd_recipes)
-    for sub in commands.choices.values():  # its errors name the command: "see nin train --help"
-        sub.set_defaults(command_parser=sub)
-    return parser
 
 
 def cmd_train(args) -> int:
@@ -340,15 +434,6 @@ def cmd_plot(args) -> int:
 def cmd_data(args) -> int:
     from .data import dataset_info, load_dataset
 
-    if args.dataset == "pack":
-        return _pack(args)
-    if args.dataset == "verify":
-        return _verify(args)
-    extra = [flag for flag, value in (("--out", args.out), ("--image-size", args.image_size),
-                                      ("--channels", args.channels), ("--skip-bad-images", args.skip_bad_images),
-                                      (args.packed, args.packed)) if value]
-    if extra:
-        args.command_parser.error(f"{extra[0]} belongs to nin data pack DATASET")
     info = dataset_info(args.dataset)
     for split in info.splits:
         part = load_dataset(args.dataset, args.root, split, download=args.download)
@@ -357,29 +442,39 @@ def cmd_data(args) -> int:
     return 0
 
 
-def _verify(args) -> int:
+PACK_ONLY = ("--out", "--image-size", "--channels", "--skip-bad-images")
+
+
+def _pack_only(unknown: list[str]) -> str:
+    """nin data DATASET's refusal of a flag it does not take: one of nin data pack's, or another."""
+    flag = unknown[0].split("=")[0]
+    return f"{flag} belongs to nin data pack DATASET" if flag in PACK_ONLY else _unrecognized(unknown)
+
+
+def _no_download(unknown: list[str]) -> str:
+    if "--download" in unknown:
+        return "--download: get the data set first (nin data DATASET --download), then pack it"
+    return _unrecognized(unknown)
+
+
+def cmd_data_verify(args) -> int:
     from .data.pack import verify_pack
 
-    extra = [flag for flag, value in (("--root", args.root), ("--out", args.out), ("--download", args.download),
-                                      ("--image-size", args.image_size), ("--channels", args.channels),
-                                      ("--skip-bad-images", args.skip_bad_images)) if value]
-    if not args.packed or extra:
-        args.command_parser.error(f"nin data verify takes a PACK folder alone{f', not {extra[0]}' if extra else ''}")
-    verify_pack(args.packed)
-    print(f"{args.packed}: every split as its header records")
+    if not args.pack:
+        args.command_parser.error("nin data verify takes a PACK folder alone")
+    verify_pack(args.pack)
+    print(f"{args.pack}: every split as its header records")
     return 0
 
 
-def _pack(args) -> int:
+def cmd_data_pack(args) -> int:
     from .data.pack import train_command, write_pack
 
-    if not args.packed or not args.out:
+    if not args.dataset or not args.out:
         args.command_parser.error("nin data pack needs a DATASET and --out PACK")
-    if args.download:
-        args.command_parser.error("--download: get the data set first (nin data DATASET --download), then pack it")
     if args.image_size is not None and not 8 <= args.image_size <= 1024:
         raise NinError(f"--image-size must lie in 8..1024, got {args.image_size}")
-    folder = write_pack(args.packed, args.root, args.out, image_size=args.image_size, channels=args.channels,
+    folder = write_pack(args.dataset, args.root, args.out, image_size=args.image_size, channels=args.channels,
                         skip_bad=args.skip_bad_images)
     print(f"packed into {folder}: train with {train_command(folder)}")
     return 0
@@ -414,6 +509,10 @@ def cmd_recipes(args) -> int:
     return 0
 
 
+def _unrecognized(unknown: list[str]) -> str:
+    return f"unrecognized arguments: {' '.join(unknown)}"
+
+
 def _run_keeping_warnings_for_success(args) -> int:
     """The command; the warnings of libraries (torch, numpy) are shown after it succeeds, and dropped when
     it fails with a NinError, whose one line says what matters."""
@@ -426,8 +525,8 @@ def _run_keeping_warnings_for_success(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args, unknown = get_parser().parse_known_args(argv)
-    if unknown:
-        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if unknown:  # a command may say why it takes no such argument (refuse_unknown)
+        args.command_parser.error(getattr(args, "refuse_unknown", _unrecognized)(unknown))
     try:
         code = _run_keeping_warnings_for_success(args)
         sys.stdout.flush()  # output still buffered meets a reader that left here, where it is handled

@@ -1,8 +1,10 @@
 """``TrainConfig``: every setting of a training run, loadable from a TOML recipe, overridable per field.
 
 Recipes live in ``nin/recipes/*.toml``; a recipe names only the fields it changes. Command-line
-flags are generated from the dataclass fields (``--batch-size``, ``--no-flip``...), so a field added
-here is a flag and a recipe key at once.
+flags are generated from the dataclass fields (``--batch-size``, ``--no-nesterov``...), so a field added
+here is a flag and a recipe key at once; its group and help live beside it, in the field's metadata.
+The experimental fields (ablation knobs no recipe uses) keep their names in recipes and run configs,
+and their flags are ``--x-NAME``, left out of ``nin train --help``.
 """
 from __future__ import annotations
 
@@ -19,136 +21,119 @@ from .errors import NinError
 from .kinds import AMPS, EVAL_SPLITS, FLIPS, ON_NAN, PREPROCESS_KINDS, SCHEDULES, TTA_MODES
 
 
+MODEL, DATA, OPTIMISATION, RUN = "model", "data", "optimisation", "run"
+EXPERIMENTAL = "experimental"  # ablation knobs no recipe uses: flags --x-NAME, left out of nin train --help
+GROUPS = (MODEL, DATA, OPTIMISATION, RUN, EXPERIMENTAL)
+
+
+def option(group: str, default, help: str) -> typing.Any:
+    """A TrainConfig field with its flag's group and help beside it; a list default is copied for each config."""
+    initial = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
+    return field(**initial, metadata={"group": group, "help": help})
+
+
 @dataclass
 class TrainConfig:
-    """Every setting of a run; ``HELP`` says what each one means (it is also the flag's help)."""
-    recipe: str = ""
-    # model
-    model: str = "nin_mnist_bn"
-    dropout: float | None = None
-    dropout_warmup: bool | None = None
-    init: str = "kaiming"
-    data_init: bool = True
-    whiten: bool = False
-    identity_init: bool = False
-    head: str = "gap"
-    relu_before_gap: bool = True
-    pools: list[str] = field(default_factory=list)
-    width: float = 1.0
-    # data
-    dataset: str = "fashion-mnist"
-    root: str = ""
-    train_split: str = "train"
-    eval_split: str = "test"
-    image_size: int = 0
-    channels: int = 0
-    train_subset: int = 0
-    test_subset: int = 0
-    translate: int = 2
-    flip: str = "auto"
-    progressive_resize: int = 0
-    erase: float = 0.0
-    preprocess: str = "standardize"
-    # optimisation
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
-    warmup_epochs: float | None = None
-    schedule: str = "cosine"
-    step_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
-    grad_clip: float | None = None
-    freeze_bn_scales: bool = False
-    bn_bias_lr: float = 1.0
-    ema: float = 0.0
-    lookahead: int = 0
-    on_nan: str = "stop"
-    # running
-    seed: int = 0
-    device: str = "auto"
-    channels_last: bool = True
-    compile: bool = False
-    amp: str = "auto"
-    eval_batch_size: int = 1024
-    eval_every: int | None = None
-    tta: str = ""
-    out: str = ""
-    progress: bool = True
-    tensorboard: bool = True
+    """Every setting of a run; each field's metadata holds its group and what it means (its flag's help)."""
+    recipe: str = option("", "", "a shipped recipe (nin recipes) or a .toml file; flags given beside it override "
+                                 "its fields")
+    model: str = option(MODEL, "nin_mnist_bn", "the network (nin models lists them)")
+    dropout: float | None = option(MODEL, None, "dropout after the mlpconv stages (default: the paper's 0.5 "
+                                                "without BatchNorm, 0.3 with it)")
+    dropout_warmup: bool | None = option(
+        MODEL, None, "dropout rises from 0 to its rate during the lr warm-up, a quarter at a time (default: on "
+                     "without BatchNorm, where dropout's noise at the first steps can kill the class maps)")
+    init: str = option(MODEL, "kaiming", "kaiming (robust) | gaussian (the authors' std 0.05) | torch (PyTorch's "
+                                         "defaults)")
+    data_init: bool = option(MODEL, True, "without BatchNorm: fit each layer's scale to a batch of training images "
+                                          "(LSUV)")
+    whiten: bool = option(MODEL, False, "start the first convolution as a patch-whitening layer (airbench): its "
+                                        "filters the +/- eigenvectors of the training patches' covariance, scaled "
+                                        "to unit variance (still trained)")
+    identity_init: bool = option(EXPERIMENTAL, False, "every convolution but the first and the class maps starts as "
+                                                      "the identity on its first min(in, out) channels, the rest of "
+                                                      "its filters random (airbench's dirac start)")
+    head: str = option(MODEL, "gap", "gap (global average pooling, the paper) | fc | fc_dropout (Table 5's "
+                                     "alternatives)")
+    relu_before_gap: bool = option(MODEL, True, "a ReLU on the category maps before global average pooling (the "
+                                                "paper's network)")
+    pools: list[str] = option(MODEL, [], "pooling per stage but the last: max | avg | none (empty: the variant's)")
+    width: float = option(MODEL, 1.0, "a width multiplier: every layer this many times as wide (the class maps stay "
+                                      "one per class); 0.5 costs about a quarter of the compute")
+    dataset: str = option(DATA, "fashion-mnist", "fashion-mnist | mnist | cifar10 | cifar100 | svhn | folder "
+                                                 "(ROOT/train/CLASS/*.png, ROOT/test/...)")
+    root: str = option(DATA, "", "where the data set lies (empty: Debian's Fashion-MNIST, else ./data)")
+    train_split: str = option(DATA, "train", "the split(s) trained on; train+extra joins SVHN's two training "
+                                             "splits")
+    eval_split: str = option(DATA, "test", "test | val: hold out the paper's validation images and evaluate on "
+                                           "them (for tuning)")
+    image_size: int = option(DATA, 0, "resize images to this many pixels square (0: the data set's own size)")
+    channels: int = option(DATA, 0, "convert the images to 1 (grey) or 3 (colour) channels (0: the data set's "
+                                    "own)")
+    train_subset: int = option(DATA, 0, "train on N training images, a fixed draw spread over the split (0: all)")
+    test_subset: int = option(DATA, 0, "evaluate on N test images, a fixed draw spread over the split (0: all)")
+    translate: int = option(DATA, 2, "random translation by up to this many pixels (0: none)")
+    flip: str = option(DATA, "auto", "random horizontal flips: auto (when the data set allows them) | yes | no")
+    progressive_resize: int = option(
+        DATA, 0, "progressive resizing (fast.ai): the first epochs train on images scaled down to this many "
+                 "pixels, growing each epoch to the full size, which the last quarter of the epochs trains at; "
+                 "early epochs cost about (N / size)^2 of a full one (0: off)")
+    erase: float = option(EXPERIMENTAL, 0.0, "random erasing (Zhong et al., 2017): this share of the training "
+                                             "images gets a rectangle of 2-40% of its area, aspect ratio 0.3-3.3, "
+                                             "set to the data's mean (0 after preprocessing); 0: off")
+    preprocess: str = option(DATA, "standardize", "standardize (per-channel mean/std) | gcn_zca (CIFAR, the paper) "
+                                                  "| lcn (SVHN)")
+    epochs: int | None = option(OPTIMISATION, None, "passes over the training images (default: follows from the "
+                                                    "data's size: about 1500 x sqrt(images) seen)")
+    batch_size: int | None = option(OPTIMISATION, None, "images per step (default: 128, or 64 or 32 when the run "
+                                                        "would have fewer than 400 steps)")
+    lr: float | None = option(OPTIMISATION, None, "the peak learning rate of SGD")  # its default: defaults.RULES
+    momentum: float = option(OPTIMISATION, 0.9, "SGD momentum")
+    nesterov: bool = option(OPTIMISATION, True, "Nesterov momentum")
+    weight_decay: float = option(OPTIMISATION, 5e-4, "L2 weight decay")
+    label_smoothing: float = option(OPTIMISATION, 0.0, "label smoothing of the cross-entropy (0: none)")
+    warmup_epochs: float | None = option(OPTIMISATION, None, "linear warm-up from lr/10, in epochs, at most a "
+                                                             "quarter of the run (default: 1, or more when an "
+                                                             "epoch has fewer than 100 steps)")
+    schedule: str = option(OPTIMISATION, "cosine", "the learning rate after the warm-up: cosine | linear | step | "
+                                                   "constant")
+    step_milestones: list[float] = option(OPTIMISATION, [0.5, 0.75], "the step schedule: fractions of the run "
+                                                                     "where the lr drops tenfold")
+    grad_clip: float | None = option(OPTIMISATION, None, "clip the gradient norm at this, 0: off (default: 1 "
+                                                         "without BatchNorm, off with it)")
+    freeze_bn_scales: bool = option(EXPERIMENTAL, False, "BatchNorm scales stay at 1, untrained (airbench); "
+                                                         "BatchNorm variants only")
+    bn_bias_lr: float = option(EXPERIMENTAL, 1.0, "the BatchNorm biases' learning rate, as a multiple of the lr "
+                                                  "(airbench trains them faster); BatchNorm variants only")
+    ema: float = option(EXPERIMENTAL, 0.0, "evaluate and export an exponential moving average of the weights with "
+                                           "this decay (e.g. 0.999; shorter at the start of a run); 0: off")
+    lookahead: int = option(EXPERIMENTAL, 0, "Lookahead (Zhang et al., 2019): every N steps slow weights move "
+                                             "halfway to the trained ones, which restart from them; the run ends "
+                                             "on the slow weights (0: off)")
+    on_nan: str = option(OPTIMISATION, "stop", "stop | rollback (reload the last checkpoint, continue at a tenth "
+                                               "of the lr)")
+    seed: int = option(RUN, 0, "the seed of the initialisation, the data order and the augmentation")
+    device: str = option(RUN, "auto", "auto | cpu | cuda | cuda:N")
+    channels_last: bool = option(RUN, True, "channels-last memory layout (faster convolutions on most hardware)")
+    compile: bool = option(RUN, False, "torch.compile the model")
+    amp: str = option(RUN, "auto", "auto (bf16 on CUDA and on CPUs with AMX or AVX512-BF16) | bf16 | off")
+    eval_batch_size: int = option(RUN, 1024, "images per evaluation batch")
+    eval_every: int | None = option(RUN, None, "evaluate every N epochs and after the last (default: every epoch, "
+                                               "or every few when the test images outnumber the training images, "
+                                               "so that evaluating stays a small part of the run)")
+    tta: str = option(RUN, "", "the final evaluation averages test-time views, as nin eval --tta: flip | shift | "
+                               "flip-shift (flips only for runs trained on flipped images); the other epochs' "
+                               "evaluations and metrics.csv stay plain")
+    out: str = option(RUN, "", "the run folder (empty: runs/RECIPE-OR-DATASET-TIME)")
+    progress: bool = option(RUN, True, "a progress bar per epoch (only when the output is a terminal)")
+    tensorboard: bool = option(RUN, True, "TensorBoard scalars in RUN_DIR/tensorboard when tensorboard is "
+                                          "installed")
 
 
-HELP: dict[str, str] = {
-    "recipe": "a shipped recipe (nin recipes) or a .toml file; flags given beside it override its fields",
-    "model": "the network (nin models lists them)",
-    "dropout": "dropout after the mlpconv stages (default: the paper's 0.5 without BatchNorm, 0.3 with it)",
-    "dropout_warmup": "dropout rises from 0 to its rate during the lr warm-up, a quarter at a time (default: on "
-                      "without BatchNorm, where dropout's noise at the first steps can kill the class maps)",
-    "init": "kaiming (robust) | gaussian (the authors' std 0.05) | torch (PyTorch's defaults)",
-    "data_init": "without BatchNorm: fit each layer's scale to a batch of training images (LSUV)",
-    "whiten": "start the first convolution as a patch-whitening layer (airbench): its filters the +/- "
-              "eigenvectors of the training patches' covariance, scaled to unit variance (still trained)",
-    "identity_init": "every convolution but the first and the class maps starts as the identity on its first "
-                     "min(in, out) channels, the rest of its filters random (airbench's dirac start)",
-    "head": "gap (global average pooling, the paper) | fc | fc_dropout (Table 5's alternatives)",
-    "relu_before_gap": "a ReLU on the category maps before global average pooling (the paper's network)",
-    "pools": "pooling per stage but the last: max | avg | none (empty: the variant's)",
-    "width": "a width multiplier: every layer this many times as wide (the class maps stay one per class); "
-             "0.5 costs about a quarter of the compute",
-    "dataset": "fashion-mnist | mnist | cifar10 | cifar100 | svhn | folder (ROOT/train/CLASS/*.png, ROOT/test/...)",
-    "root": "where the data set lies (empty: Debian's Fashion-MNIST, else ./data)",
-    "train_split": "the split(s) trained on; train+extra joins SVHN's two training splits",
-    "eval_split": "test | val: hold out the paper's validation images and evaluate on them (for tuning)",
-    "image_size": "resize images to this many pixels square (0: the data set's own size)",
-    "channels": "convert the images to 1 (grey) or 3 (colour) channels (0: the data set's own)",
-    "train_subset": "train on N training images, a fixed draw spread over the split (0: all)",
-    "test_subset": "evaluate on N test images, a fixed draw spread over the split (0: all)",
-    "translate": "random translation by up to this many pixels (0: none)",
-    "flip": "random horizontal flips: auto (when the data set allows them) | yes | no | alternate (each image "
-            "flipped on every other epoch from a random start, as airbench)",
-    "progressive_resize": "progressive resizing (fast.ai): the first epochs train on images scaled down to this "
-                          "many pixels, growing each epoch to the full size, which the last quarter of the "
-                          "epochs trains at; early epochs cost about (N / size)^2 of a full one (0: off)",
-    "erase": "random erasing (Zhong et al., 2017): this share of the training images gets a rectangle of 2-40% "
-             "of its area, aspect ratio 0.3-3.3, set to the data's mean (0 after preprocessing); 0: off",
-    "preprocess": "standardize (per-channel mean/std) | gcn_zca (CIFAR, the paper) | lcn (SVHN)",
-    "epochs": "passes over the training images (default: follows from the data's size: about 1500 x sqrt(images) seen)",
-    "batch_size": "images per step (default: 128, or 64 or 32 when the run would have fewer than 400 steps)",
-    "lr": "the peak learning rate of SGD (default: 0.1 with BatchNorm; without it 0.2 at batch 128, times "
-          "sqrt(batch / 128) at other batches)",
-    "momentum": "SGD momentum",
-    "nesterov": "Nesterov momentum",
-    "weight_decay": "L2 weight decay",
-    "label_smoothing": "label smoothing of the cross-entropy (0: none)",
-    "warmup_epochs": "linear warm-up from lr/10, in epochs, at most a quarter of the run (default: 1, or more "
-                     "when an epoch has fewer than 100 steps)",
-    "schedule": "the learning rate after the warm-up: cosine | linear | step | constant",
-    "step_milestones": "the step schedule: fractions of the run where the lr drops tenfold",
-    "grad_clip": "clip the gradient norm at this, 0: off (default: 1 without BatchNorm, off with it)",
-    "freeze_bn_scales": "BatchNorm scales stay at 1, untrained (airbench); BatchNorm variants only",
-    "bn_bias_lr": "the BatchNorm biases' learning rate, as a multiple of the lr (airbench trains them faster); "
-                  "BatchNorm variants only",
-    "ema": "evaluate and export an exponential moving average of the weights with this decay (e.g. 0.999; "
-           "shorter at the start of a run); 0: off",
-    "lookahead": "Lookahead (Zhang et al., 2019): every N steps slow weights move halfway to the trained ones, "
-                 "which restart from them; the run ends on the slow weights (0: off)",
-    "on_nan": "stop | rollback (reload the last checkpoint, continue at a tenth of the lr)",
-    "seed": "the seed of the initialisation, the data order and the augmentation",
-    "device": "auto | cpu | cuda | cuda:N",
-    "channels_last": "channels-last memory layout (faster convolutions on most hardware)",
-    "compile": "torch.compile the model",
-    "amp": "auto (bf16 on CUDA and on CPUs with AMX or AVX512-BF16) | bf16 | off",
-    "eval_batch_size": "images per evaluation batch",
-    "eval_every": "evaluate every N epochs and after the last (default: every epoch, or every few when the "
-                  "test images outnumber the training images, so that evaluating stays a small part of the run)",
-    "tta": "the final evaluation averages test-time views, as nin eval --tta: flip | shift | flip-shift (flips "
-           "only for runs trained on flipped images); the other epochs' evaluations and metrics.csv stay plain",
-    "out": "the run folder (empty: runs/RECIPE-OR-DATASET-TIME)",
-    "progress": "a progress bar per epoch (only when the output is a terminal)",
-    "tensorboard": "TensorBoard scalars in RUN_DIR/tensorboard when tensorboard is installed",
-}
+# a value of a user option kept for ablations: an experimental switch (FIELD VALUE still works), left out of
+# the option's choices in the help
+EXPERIMENTAL_VALUES = {"--x-alternate-flips": ("flip", "alternate", "each image flipped on every other epoch from "
+                                               "a random start, as airbench (the same as --flip alternate)")}
 
 
 CHOICES = {"schedule": SCHEDULES, "flip": FLIPS, "amp": AMPS, "on_nan": ON_NAN, "preprocess": PREPROCESS_KINDS,
@@ -323,29 +308,75 @@ REPRODUCE_FIELDS = ("dataset", "root", "device", "epochs", "train_subset", "test
                     "channels_last", "amp", "eval_split", "width")
 
 
-def add_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
-    """One flag per field (``only``: these fields), default None so that only the flags given override the
-    recipe; its help is HELP's line and the field's default."""
-    defaults = dataclasses.asdict(TrainConfig())
-    for name, kind in field_types().items():
-        if only is not None and name not in only:
+TITLES = {MODEL: "model", DATA: "data", OPTIMISATION: "optimisation", RUN: "run",
+          EXPERIMENTAL: "experimental (ablations)"}
+EXPERIMENTAL_NOTE = "knobs kept for ablations, used by no recipe"
+
+
+def add_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None, experimental: bool = False,
+                  rules: dict[str, str] | None = None) -> None:
+    """One flag per field, in its field's group, default None so that only the flags given override the
+    recipe; its help is the field's and its default (``rules``: a default the run decides, in words, by
+    field). ``only``: these fields, ungrouped, their default the recipe's. The experimental fields' flags
+    are --x-NAME (their old --NAME still parses), their help shown only with ``experimental``."""
+    fields, types = {spec.name: spec for spec in dataclasses.fields(TrainConfig)}, field_types()
+    if only is not None:  # a recipe is always given: its value is the default
+        for name in (name for name in fields if name in only):  # in the fields' order
+            _add_flag(parser, fields[name], types[name], f"{fields[name].metadata['help']} (default: the recipe's)")
+        return
+    groups = {"": parser, **{group: parser.add_argument_group(TITLES[group]) for group in GROUPS}}
+    groups[EXPERIMENTAL].description = _experimental_note(experimental)
+    for name, spec in fields.items():
+        help_text = spec.metadata["help"] + _default_text(spec, (rules or {}).get(name))
+        if spec.metadata["group"] != EXPERIMENTAL:
+            _add_flag(groups[spec.metadata["group"]], spec, types[name], help_text)
             continue
-        flag = "--" + name.replace("_", "-")
-        default = defaults[name]
-        shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        help_text = HELP[name] if default is None else f"{HELP[name]} (default: {shown if shown != '' else 'none'})"
-        if only is not None:  # a recipe is always given: its value is the default
-            help_text = f"{HELP[name]} (default: the recipe's)"
-        help_text = help_text.replace("%", "%%")  # argparse formats help with %
-        if kind is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif typing.get_origin(kind) is list:
-            (item,) = typing.get_args(kind)
-            parser.add_argument(flag, dest=name, type=_list_parser(item), default=None, metavar="A,B",
-                                help=f"comma-separated: {help_text}")
-        else:
-            metavar = "{" + ",".join(filter(None, CHOICES[name])) + "}" if name in CHOICES else METAVARS[kind]
-            parser.add_argument(flag, dest=name, type=kind, default=None, metavar=metavar, help=help_text)
+        _add_flag(groups[EXPERIMENTAL], spec, types[name], help_text, "--x-", shown=experimental)
+        _add_flag(groups[EXPERIMENTAL], spec, types[name], "", "--", shown=False)  # its name before the prefix
+    for flag, (name, value, help_text) in EXPERIMENTAL_VALUES.items():
+        groups[EXPERIMENTAL].add_argument(flag, dest=name, action="store_const", const=value, default=None,
+                                          help=help_text if experimental else argparse.SUPPRESS)
+
+
+def _experimental_note(shown: bool) -> str:
+    if not shown:
+        return f"{EXPERIMENTAL_NOTE}: nin train --help-experimental lists them"
+    return (f"{EXPERIMENTAL_NOTE} (a verdict on each: the documentation's Experimental options page); their "
+            "flags before the x- prefix (--ema, --flip alternate...) still work")
+
+
+def _default_text(spec: dataclasses.Field, rule: str | None) -> str:
+    if rule is not None:
+        return f" (default: {rule})"
+    default = spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
+    if default is None:  # decided when the run starts: the help says how
+        return ""
+    shown = ",".join(map(str, default)) if isinstance(default, list) else default
+    return f" (default: {shown if shown != '' else 'none'})"
+
+
+def _add_flag(target, spec: dataclasses.Field, kind, help_text: str, prefix: str = "--", shown: bool = True) -> None:
+    """``spec``'s flag (``prefix`` + its name), taking a ``kind``, in ``target`` (a parser or a group)."""
+    flag = prefix + spec.name.replace("_", "-")
+    if typing.get_origin(kind) is list:
+        help_text = f"comma-separated: {help_text}"
+    settings = {"dest": spec.name, "default": None,
+                "help": help_text.replace("%", "%%") if shown else argparse.SUPPRESS}  # argparse formats help with %
+    if kind is bool:
+        target.add_argument(flag, action=argparse.BooleanOptionalAction, **settings)
+    elif typing.get_origin(kind) is list:
+        (item,) = typing.get_args(kind)
+        target.add_argument(flag, type=_list_parser(item), metavar="A,B", **settings)
+    else:
+        target.add_argument(flag, type=kind, metavar=_metavar(spec.name, kind), **settings)
+
+
+def _metavar(name: str, kind: type) -> str:
+    """The field's choices, bar its experimental values (EXPERIMENTAL_VALUES), or the kind of value it takes."""
+    if name not in CHOICES:
+        return METAVARS[kind]
+    hidden = {value for field_name, value, _ in EXPERIMENTAL_VALUES.values() if field_name == name}
+    return "{" + ",".join(choice for choice in CHOICES[name] if choice and choice not in hidden) + "}"
 
 
 def _list_parser(item: type):

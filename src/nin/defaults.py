@@ -24,6 +24,10 @@ PLAIN_GRAD_CLIP = 1.0  # networks without BatchNorm: the gradient norm is clippe
 PLAIN_DROPOUT, BATCH_NORM_DROPOUT = 0.5, 0.3
 BATCH_NORM_LR = 0.1
 PLAIN_LR, PLAIN_LR_BATCH = 0.2, 128  # networks without BatchNorm: this lr at this batch, times sqrt(batch ratio)
+# default_lr's rule in words, from the numbers above: the option's help and the docs quote it
+LR_RULE = (f"{BATCH_NORM_LR} with BatchNorm; without it {PLAIN_LR} at batch {PLAIN_LR_BATCH}, times "
+           f"sqrt(batch / {PLAIN_LR_BATCH}) at other batches")
+RULES = {"lr": LR_RULE}  # by field: the defaults a run decides, as the flags' help says them (nin.config)
 
 
 def default_epochs(train_images: int) -> int:
