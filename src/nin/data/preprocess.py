@@ -18,9 +18,9 @@ exports that put the preprocessing inside the model). ``make_preprocess(kind, im
 ``preprocess_from_state(state)`` are the factories; the latter also reads the ``{"mean", "std"}``
 state of a plain ``Normalize`` (every checkpoint written so far).
 
-This module is the one home of preprocessing, and "preprocess" its name inside the package. Three public
+This module is the one home of preprocessing, and "preprocess" its name inside the package. Two public
 names keep the spelling they were released with, so that code and files written for them keep working:
-a trained model's ``Trained.normalize`` and ``ModelInfo.normalize()`` (its fitted preprocessing), and the
+a trained model's ``ModelInfo.normalize()`` (its fitted preprocessing, ``ModelInfo.preprocess``), and the
 ``"normalization"`` key of checkpoints and of standardize exports' JSON.
 """
 from __future__ import annotations
