@@ -36,7 +36,7 @@ def option(group: str, default, help: str) -> typing.Any:
 class TrainConfig:
     """Every setting of a run; each field's metadata holds its group and what it means (its flag's help)."""
     recipe: str = option("", "", "a shipped recipe (nin recipes) or a .toml file; flags given beside it override "
-                                 "its fields")
+                                 "its fields")  # in no group: the command's own options, beside --resume
     model: str = option(MODEL, "nin_mnist_bn", "the network (nin models lists them)")
     dropout: float | None = option(MODEL, None, "dropout after the mlpconv stages (default: the paper's 0.5 "
                                                 "without BatchNorm, 0.3 with it)")
