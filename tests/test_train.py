@@ -60,12 +60,12 @@ def test_checkpoint_holds_everything_evaluation_needs(tmp_path, fashion_mnist_ro
 
 def test_a_moving_average_of_the_weights_is_what_the_run_evaluates_and_exports(tmp_path, fashion_mnist_root,
                                                                                 monkeypatch):
-    import nin.train
+    import nin.train.loop  # the module whose names the run looks up
     from nin.inference import load
 
     evaluated = []
-    real_evaluate = nin.train.evaluate
-    monkeypatch.setattr(nin.train, "evaluate", lambda model, *a, **k: evaluated.append(
+    real_evaluate = nin.train.loop.evaluate
+    monkeypatch.setattr(nin.train.loop, "evaluate", lambda model, *a, **k: evaluated.append(
         model.features1[0].weight.detach().clone()) or real_evaluate(model, *a, **k))
     fit(small_config(tmp_path, epochs=1, train_subset=512, test_subset=256, ema=0.9, width=NARROW), log=lambda *_: None)
 
@@ -79,17 +79,17 @@ def test_a_moving_average_of_the_weights_is_what_the_run_evaluates_and_exports(t
 
 def test_tta_gives_the_result_with_test_time_views_and_leaves_the_epochs_plain(tmp_path, fashion_mnist_root,
                                                                               monkeypatch):
-    import nin.train
+    import nin.train.loop  # the module whose names the run looks up
 
     readings = []  # (tta mode, accuracy) of each evaluation, in order
-    real_evaluate = nin.train.evaluate
+    real_evaluate = nin.train.loop.evaluate
 
     def recorded(model, loader, classes, **options):
         metrics = real_evaluate(model, loader, classes, **options)
         readings.append((options.get("tta", ""), metrics["accuracy"]))
         return metrics
 
-    monkeypatch.setattr(nin.train, "evaluate", recorded)
+    monkeypatch.setattr(nin.train.loop, "evaluate", recorded)
     result = fit(small_config(tmp_path, train_subset=512, test_subset=256, tta="flip", width=NARROW),
                  log=lambda *_: None)
 
@@ -130,11 +130,11 @@ def test_lookahead_moves_slow_weights_halfway_every_k_steps_and_restarts_the_mod
 
 
 def test_identity_init_and_lookahead_reach_the_run(tmp_path, fashion_mnist_root, monkeypatch):
-    import nin.train
+    import nin.train.loop  # the module whose names the run looks up
 
     started, synced = [], []
-    real_init, real_after_step = nin.train.identity_init, nin.train.Lookahead.after_step
-    monkeypatch.setattr(nin.train, "identity_init", lambda model: started.append(model) or real_init(model))
+    real_init, real_after_step = nin.train.loop.identity_init, nin.train.Lookahead.after_step
+    monkeypatch.setattr(nin.train.loop, "identity_init", lambda model: started.append(model) or real_init(model))
     monkeypatch.setattr(nin.train.Lookahead, "after_step",
                         lambda self, step, total: synced.append(step) or real_after_step(self, step, total))
     result = fit(small_config(tmp_path, epochs=1, train_subset=256, test_subset=256, identity_init=True,
@@ -312,15 +312,15 @@ def test_the_time_left_counts_an_evaluation_only_in_the_epochs_that_evaluate():
 
 def test_a_progressively_resized_run_trains_and_tests_small_then_at_full_size(tmp_path, fashion_mnist_root,
                                                                            monkeypatch):
-    import nin.train
+    import nin.train.loop  # the module whose names the run looks up
 
-    evaluated_sizes, real_evaluate = [], nin.train.evaluate
+    evaluated_sizes, real_evaluate = [], nin.train.loop.evaluate
 
     def evaluate(model, loader, *args, **kwargs):
         evaluated_sizes.append(next(iter(loader))[0].shape[-1])
         return real_evaluate(model, loader, *args, **kwargs)
 
-    monkeypatch.setattr(nin.train, "evaluate", evaluate)
+    monkeypatch.setattr(nin.train.loop, "evaluate", evaluate)
     lines = []
     result = fit(small_config(tmp_path, epochs=3, train_subset=512, progressive_resize=14, eval_every=1),
                  log=lines.append)
