@@ -104,6 +104,28 @@ def test_an_old_run_config_and_an_old_recipe_naming_the_knobs_load_and_resume(tm
     assert {name: getattr(load_recipe(str(recipe)), name) for name in KNOBS} == KNOBS
 
 
+
+def test_a_recipe_sets_the_knobs_in_its_experimental_table_apart_from_the_user_options(tmp_path):
+    recipe = tmp_path / "ablation.toml"
+    recipe.write_text('epochs = 3\n\n[experimental]\nema = 0.99\nlookahead = 5\n')
+    config = load_recipe(str(recipe))
+    assert (config.epochs, config.ema, config.lookahead) == (3, 0.99, 5)
+
+
+@pytest.mark.parametrize("table, message", [
+    ("[experimental]\nepochs = 3\n", "unknown key 'epochs' in [experimental]"),  # a user option: at the top
+    ("experimental = 0.99\n", "experimental must be a table ([experimental])"),
+    ("[experimental]\nema = 1.5\n", "ema must be below 1"),
+])
+def test_a_wrong_experimental_table_is_one_line(tmp_path, capsys, table, message):
+    recipe = tmp_path / "wrong.toml"
+    recipe.write_text(table)
+    code = main(["train", "--recipe", str(recipe), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "--x-ema", "1"], "ema must be below 1, got 1.0"),
     (["train", "--x-ema", "abc"], "argument --x-ema: invalid float value: 'abc'"),

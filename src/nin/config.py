@@ -278,7 +278,21 @@ def read_recipe(name_or_path: str) -> Recipe:
     except tomllib.TOMLDecodeError as error:
         raise NinError(f"recipe {name_or_path}: not valid TOML ({error})") from None
     about = _paper_table(values, f"recipe {name_or_path}")
+    values.update(_experimental_table(values, f"recipe {name_or_path}"))
     return Recipe(name, from_dict({"recipe": name, **values}, source=f"recipe {name_or_path}"), **about)
+
+
+def _experimental_table(values: dict, source: str) -> dict:
+    """Pop the ``[experimental]`` table: the ablation knobs a recipe sets, apart from the user's options (the
+    same fields at the top level, as recipes wrote them before the table, still load)."""
+    table = values.pop("experimental", {})
+    if not isinstance(table, dict):
+        raise NinError(f"{source}: experimental must be a table ([experimental]), got {table!r}")
+    knobs = [item.name for item in dataclasses.fields(TrainConfig) if item.metadata.get("group") == EXPERIMENTAL]
+    unknown = sorted(set(table) - set(knobs))
+    if unknown:
+        raise NinError(f"{source}: unknown key {unknown[0]!r} in [experimental]; known keys: {', '.join(knobs)}")
+    return table
 
 
 def _paper_table(values: dict, source: str) -> dict:
