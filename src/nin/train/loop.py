@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import checkpoint as ckpt
+from ..card import ModelInfo
 from ..config import TrainConfig, validate
 from ..data import dataset_info
 from ..defaults import resolve_for_model
@@ -343,16 +344,15 @@ class Run:
                  f"{round(1 / self.state.lr_scale)} (rollback {rollbacks} of {MAX_ROLLBACKS})")
 
     def checkpoint(self) -> dict:
-        """What a checkpoint holds (checkpoint.py): the model and how to rebuild it, and an exact resume's state."""
+        """What a checkpoint holds (checkpoint.py): the model and how to rebuild it (its part written by
+        ``ModelInfo.to_checkpoint``, as ``nin.load`` reads it back), and an exact resume's state."""
         config, data = self.config, self.data
+        info = ModelInfo(config.model, self.model_kwargs, data.classes, data.size, data.channels,
+                         dataset=config.dataset, preprocess=data.preprocess)
         return {
-            "format": ckpt.FORMAT, "version": ckpt.VERSION,
-            "model_name": config.model, "model_kwargs": self.model_kwargs, "model": self.model.state_dict(),
+            "format": ckpt.FORMAT, "version": ckpt.VERSION, **info.to_checkpoint(self.model.state_dict()),
             "optimizer": self.optimizer.state_dict(), "epoch": self.state.epoch, "step": self.state.step,
-            "state": dataclasses.asdict(self.state), "rng": ckpt.capture_rng(),
-            "config": dataclasses.asdict(config), "classes": data.classes,
-            "normalization": data.preprocess.state_dict(),  # the key's name from the first format
-            "input": {"size": data.size, "channels": data.channels, "dataset": config.dataset},
+            "state": dataclasses.asdict(self.state), "rng": ckpt.capture_rng(), "config": dataclasses.asdict(config),
             **({"ema_model": self.ema.module.state_dict(), "ema_updates": int(self.ema.n_averaged)}
                if self.ema else {}),  # eval, export and predict read ema_model in model's place
             **({"lookahead_slow": self.lookahead.slow} if self.lookahead else {}),
