@@ -54,7 +54,7 @@ def test_the_checkpoint_model_part_round_trips_with_the_keys_of_the_first_format
 
 def test_every_export_is_written_as_one_format_version_and_version_1_is_still_read(tmp_path):
     info = standardize_info()
-    info.training = {"dataset": "folder", "splits": "train", "val_held_out": False, "root": "/somewhere"}
+    info.training = {"dataset": "folder", "splits": "train", "val_held_out": False, "root": "runs/data"}
     config = info.to_json("safetensors", "m.safetensors")
     assert config["format_version"] == FORMAT_VERSION == 2 and "root" not in config["training"]
     lcn = ModelInfo("nin_mnist", {}, list("abc"), 16, 1, preprocess=Lcn.fit())
