@@ -85,7 +85,7 @@ def test_predict_never_prints_nan_and_its_json_stays_json(tmp_path, image, capsy
     trained = Overflowing()
     trained.info = ModelInfo("overflowing", {}, ["a", "b", "c"], 16, 1, dataset="folder",
                              preprocess=Normalize([0.5], [0.25]))
-    monkeypatch.setattr("nin.inference.load", lambda *_: trained)
+    monkeypatch.setattr("nin.inference.load", lambda *_, **__: trained)
     for json_flag in ([], ["--json"]):
         code, out, err = run_cli(["predict", tmp_path / "model.pt", image, *json_flag], capsys)
         assert code == 2 and out == "" and "nan%" not in err  # nothing printed: no JSON cut short either
