@@ -1,6 +1,7 @@
 """The defaults a run gets when nothing fixes them: its length follows the data's size, its schedule fits
 inside the run, and the paper's plain networks leave chance from their first steps."""
 import csv
+import dataclasses
 import json
 import math
 
@@ -9,10 +10,11 @@ import torch
 
 from nin.config import TrainConfig, list_recipes, load_recipe
 from nin.defaults import (MAX_EPOCHS, MAX_WARMUP_FRACTION, MIN_STEPS, default_epochs, default_eval_every,
-                          default_lr, default_warmup_epochs, resolve_eval_every, resolve_for_data,
-                          resolve_for_model)
+                          default_lr, default_warmup_epochs, resolve_defaults, resolve_eval_every,
+                          resolve_for_data, resolve_for_model)
 from nin.models import _layer_output, _weight_layers, create_model, fit_init_to_data
-from nin.train import Run, dropout_at, fit, lr_at
+from nin.train import Run, dropout_at, fit, lr_at, prepare_data
+from tiny_run import write_folder_dataset
 
 
 def test_small_sets_get_many_epochs_large_ones_few():
@@ -187,3 +189,23 @@ def test_every_recipe_fixes_what_the_defaults_would_decide_and_keeps_its_schedul
     assert None not in (recipe.epochs, recipe.batch_size, recipe.dropout, recipe.warmup_epochs, recipe.lr)
     assert resolve_for_data(recipe, 60_000, log=lambda *_: pytest.fail("nothing to resolve")) == recipe
     assert recipe.warmup_epochs <= MAX_WARMUP_FRACTION * recipe.epochs  # the cap on warm-up never bites
+
+
+def test_one_function_resolves_every_default_for_the_data_and_the_network_together():
+    lines = []
+    config = resolve_defaults(TrainConfig(model="nin_mnist"), 1_400, 10_000, plain=True, log=lines.append)
+    assert [field.name for field in dataclasses.fields(config) if getattr(config, field.name) is None] == []
+    quiet = lambda *_: None  # noqa: E731
+    in_steps = resolve_eval_every(resolve_for_data(TrainConfig(model="nin_mnist"), 1_400, quiet), 1_400, 10_000, quiet)
+    assert config == resolve_for_model(in_steps, plain=True)  # each rule written once, in its own function
+    assert len(lines) == 2 and lines[0].startswith("1,400 training images") and "evaluating every 8" in lines[1]
+    assert resolve_defaults(config, 1_400, 10_000, plain=True, log=lambda *_: pytest.fail("nothing left")) == config
+
+
+def test_a_runs_data_comes_with_its_config_resolved_once_for_the_data_and_the_network(tmp_path):
+    root = write_folder_dataset(tmp_path / "data")
+    config = TrainConfig(model="nin_mnist", dataset="folder", root=str(root), image_size=16, device="cpu")
+    data = prepare_data(config, torch.device("cpu"))
+    train, test = len(data.train.images), len(data.test.images)
+    assert data.config == resolve_defaults(config, train, test, plain=True, log=lambda *_: None)  # config.json
+    assert (data.config.lr, data.config.grad_clip, data.config.dropout) == (default_lr(True, 12), 1.0, 0.5)

@@ -1,4 +1,5 @@
-"""The settings a run gets when neither the command line nor a recipe fixes them.
+"""The settings a run gets when neither the command line nor a recipe fixes them, decided once
+(``resolve_defaults``) from its data and its network before the training loop starts.
 
 The run's length follows from the training set's size: a budget of images seen that grows with the
 square root of the set's size (small sets get many epochs, large ones few), so that the time a default
@@ -117,3 +118,15 @@ def resolve_for_model(config: TrainConfig, plain: bool) -> TrainConfig:
     if config.dropout_warmup is None:
         changes["dropout_warmup"] = plain
     return dataclasses.replace(config, **changes)
+
+
+def resolve_defaults(config: TrainConfig, train_images: int, test_images: int, plain: bool,
+                     log=print) -> TrainConfig:
+    """Every setting the run left open (None) made concrete, in one place and once, before the loop starts:
+    from the data (``resolve_for_data``: length, batch and warm-up; ``resolve_eval_every``), then from the
+    network (``resolve_for_model``, ``plain`` meaning without BatchNorm: lr, clipping, dropout), whose lr
+    follows from the batch. The result is the run's config.json; what was decided from the data is said
+    in the lines ``log`` gets. A resumed run's config has nothing left open: it comes back unchanged."""
+    config = resolve_for_data(config, train_images, log)
+    config = resolve_eval_every(config, train_images, test_images, log)
+    return resolve_for_model(config, plain)

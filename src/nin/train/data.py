@@ -13,11 +13,11 @@ from ..data.datasets import image_count
 from ..data.packed import PackedImages, take_rows
 from ..data.preprocess import make_preprocess, preprocess_from_state
 from ..data.splits import select_images
-from ..defaults import BATCH_SIZES, resolve_eval_every, resolve_for_data
+from ..defaults import BATCH_SIZES, resolve_defaults
 from ..distributed import World, local_batch_size
 from ..errors import NinError
 from ..hardware import free_memory, readable_bytes, require_memory
-from ..models import default_cfg, training_step_bytes
+from ..models import default_cfg, training_step_bytes, variant_has_batch_norm
 from .schedules import MIN_PROGRESSIVE_SIZE
 
 
@@ -27,7 +27,7 @@ def silent(*_) -> None:
 
 @dataclass
 class Data:
-    config: TrainConfig  # the run's config with the settings that depend on the data resolved (nin.defaults)
+    config: TrainConfig  # the run's config, every default resolved (nin.defaults.resolve_defaults): config.json
     train: DeviceLoader
     test: DeviceLoader
     classes: list[str]
@@ -39,7 +39,8 @@ class Data:
 def prepare_data(config: TrainConfig, device: torch.device, world: World = World(),
                  preprocess_state: dict | None = None, log=silent) -> Data:
     """Both splits on the device, and the preprocessing: fitted on the training images, or (on resume)
-    the checkpoint's, so that a resumed run applies exactly the same transform."""
+    the checkpoint's, so that a resumed run applies exactly the same transform. The run's settings are
+    resolved here, once the images are counted: ``Data.config``."""
     info = dataset_info(config.dataset)
     model_size = default_cfg(config.model).input_size
     size = config.image_size or info.size or model_size  # no size of its own: the model's
@@ -55,8 +56,8 @@ def prepare_data(config: TrainConfig, device: torch.device, world: World = World
                                 image_size=size, channels=channels, log=log)
     train_images, train_labels = _subset(train.images, train.labels, config.train_subset)
     test_images, test_labels = _subset(test.images, test.labels, config.test_subset)
-    config = resolve_for_data(config, len(train_images), log)
-    config = resolve_eval_every(config, len(train_images), len(test_images), log)
+    plain = not variant_has_batch_norm(config.model)
+    config = resolve_defaults(config, len(train_images), len(test_images), plain, log)
     if len(train_images) < config.batch_size:
         raise NinError(f"{len(train_images)} training images are fewer than one batch of {config.batch_size}; "
                        "lower --batch-size")

@@ -16,14 +16,13 @@ from .. import checkpoint as ckpt
 from ..card import ModelInfo
 from ..config import TrainConfig, validate
 from ..data import dataset_info
-from ..defaults import resolve_for_model
 from ..distributed import (World, all_reduce_sum, any_process, close_world, device_for, init_world,
                            local_batch_size, wrap)
 from ..errors import Interrupted, NinError
 from ..evaluate import evaluate, format_report
 from ..hardware import autocast, precision_name, require_memory, resolve_device, use_bf16
-from ..models import (create_model, fit_init_to_data, identity_init, training_step_bytes, variant_has_batch_norm,
-                      whiten_first_layer)
+from ..init import fit_init_to_data, identity_init, whiten_first_layer
+from ..models import create_model, training_step_bytes, variant_has_batch_norm
 from ..rundir import RunFolder
 from ..tblog import TensorBoardLog
 from .claim import claim_run_folder
@@ -102,7 +101,7 @@ class Run:
         self.run_dir = folder.path
         torch.manual_seed(config.seed)
         self.data = prepare_data(config, self.device, world, resumed["normalization"] if resumed else None, log)
-        self.config = resolve_for_model(self.data.config, not variant_has_batch_norm(config.model))
+        self.config = self.data.config  # every default resolved, once: what config.json holds
         self.model = self.build_model()
         if resumed is None:
             self.initialise_weights()
