@@ -12,14 +12,19 @@ relative to the first row, measured in the same run, so that only the ratios are
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nin.hardware import autocast, describe_hardware, use_bf16
+from nin.hardware import describe_hardware, use_bf16
 from nin.models import create_model
+
+sys.path.insert(0, str(Path(__file__).parent))
+from step_profile import make_step  # noqa: E402  (the profiled step: the same one here)
 
 
 class BatchNormReLU(nn.Module):
@@ -68,15 +73,7 @@ def time_variant(args, channels_last: bool, wrap, bf16: bool) -> tuple[float, fl
         model, images = model.to(memory_format=torch.channels_last), images.contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, model.num_classes, (args.batch_size,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    forward = wrap(model)
-
-    def step() -> None:
-        with autocast(images.device, bf16):
-            loss = F.cross_entropy(forward(images).float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    step = make_step(wrap(model), optimizer, images, labels, bf16)
     started = time.perf_counter()
     for _ in range(3):
         step()

@@ -83,18 +83,15 @@ class TrainConfig:
                                              "set to the data's mean (0 after preprocessing); 0: off")
     preprocess: str = option(DATA, "standardize", "standardize (per-channel mean/std) | gcn_zca (CIFAR, the paper) "
                                                   "| lcn (SVHN)")
-    epochs: int | None = option(OPTIMISATION, None, "passes over the training images (default: follows from the "
-                                                    "data's size: about 1500 x sqrt(images) seen)")
-    batch_size: int | None = option(OPTIMISATION, None, "images per step (default: 128, or 64 or 32 when the run "
-                                                        "would have fewer than 400 steps)")
+    epochs: int | None = option(OPTIMISATION, None, "passes over the training images")  # default: defaults.RULES
+    batch_size: int | None = option(OPTIMISATION, None, "images per step")  # its default: defaults.RULES
     lr: float | None = option(OPTIMISATION, None, "the peak learning rate of SGD")  # its default: defaults.RULES
     momentum: float = option(OPTIMISATION, 0.9, "SGD momentum")
     nesterov: bool = option(OPTIMISATION, True, "Nesterov momentum")
     weight_decay: float = option(OPTIMISATION, 5e-4, "L2 weight decay")
     label_smoothing: float = option(OPTIMISATION, 0.0, "label smoothing of the cross-entropy (0: none)")
     warmup_epochs: float | None = option(OPTIMISATION, None, "linear warm-up from lr/10, in epochs, at most a "
-                                                             "quarter of the run (default: 1, or more when an "
-                                                             "epoch has fewer than 100 steps)")
+                                                             "quarter of the run")  # its default: defaults.RULES
     schedule: str = option(OPTIMISATION, "cosine", "the learning rate after the warm-up: cosine | linear | step | "
                                                    "constant")
     step_milestones: list[float] = option(OPTIMISATION, [0.5, 0.75], "the step schedule: fractions of the run "

@@ -28,7 +28,14 @@ PLAIN_LR, PLAIN_LR_BATCH = 0.2, 128  # networks without BatchNorm: this lr at th
 # default_lr's rule in words, from the numbers above: the option's help and the docs quote it
 LR_RULE = (f"{BATCH_NORM_LR} with BatchNorm; without it {PLAIN_LR} at batch {PLAIN_LR_BATCH}, times "
            f"sqrt(batch / {PLAIN_LR_BATCH}) at other batches")
-RULES = {"lr": LR_RULE}  # by field: the defaults a run decides, as the flags' help says them (nin.config)
+# by field: the defaults a run decides, in words from the numbers above, as the flags' help says them (nin.config)
+RULES = {
+    "epochs": f"follows from the data's size: about {IMAGES_PER_SQRT_IMAGE} x sqrt(images) seen",
+    "batch_size": f"{BATCH_SIZES[0]}, or {' or '.join(map(str, BATCH_SIZES[1:]))} when the run would have fewer "
+                  f"than {MIN_STEPS} steps",
+    "warmup_epochs": f"1, or more when an epoch has fewer than {MIN_WARMUP_STEPS} steps",
+    "lr": LR_RULE,
+}
 
 
 def default_epochs(train_images: int) -> int:
